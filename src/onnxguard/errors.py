@@ -1,0 +1,182 @@
+"""The one error hierarchy of onnxguard.
+
+Every error carries a message (what is wrong), a ``hint`` (how to fix it) and an ``exit_code``
+that the CLI uses.  Foreign exceptions are translated once, at the stage boundary, with
+``raise ... from``.  Exit codes (documented in README.md):
+
+====  ==========================================================
+0     success
+1     unexpected internal error (a bug: please report it)
+2     usage error (bad option or argument)
+3     bad source: missing/unreadable directory, missing tokenizer, corrupt weights, unsupported model
+4     export failed
+5     validation failed: ONNX output does not match PyTorch within tolerance
+6     security: scan findings at or above the threshold, or something could not be scanned
+7     integrity: hash, signature or decryption check failed
+8     bundle: output exists, bundle malformed, not enough disk space
+9     serve: server could not start
+130   interrupted (Ctrl-C); nothing half-written is left behind
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OnnxGuardError(Exception):
+    """Base error: a message, a hint that says how to fix it, and structured fields."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form for ``--json`` output and HTTP error bodies."""
+        data: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        if self.hint:
+            data["hint"] = self.hint
+        data.update({k: v for k, v in self.fields.items() if _jsonable(v)})
+        return data
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None), list, dict))
+
+
+class UsageError(OnnxGuardError):
+    """An option or argument is wrong."""
+
+    exit_code = 2
+
+
+# --- source --------------------------------------------------------------------------------------
+class SourceError(OnnxGuardError):
+    """The model source cannot be used as given."""
+
+    exit_code = 3
+
+
+class SourceNotFoundError(SourceError):
+    """Directory, package or Hub id does not exist or cannot be read."""
+
+
+class HubUnavailableError(SourceError):
+    """The Hugging Face Hub could not be reached (offline, firewall, bad revision)."""
+
+
+class ChecksumMismatchError(SourceError):
+    """A file does not match its pinned sha256."""
+
+
+class CorruptWeightsError(SourceError):
+    """Weights are truncated or malformed."""
+
+
+class UnsafeFormatError(SourceError):
+    """A pickle checkpoint, remote code or other format we refuse to load."""
+
+
+class UnsupportedModelError(SourceError):
+    """Architecture or task is not in the registry."""
+
+
+class MissingTokenizerError(SourceError):
+    """No fast tokenizer (tokenizer.json) could be found or made."""
+
+
+# --- build stages --------------------------------------------------------------------------------
+class ExportError(OnnxGuardError):
+    """torch.onnx export failed with every exporter."""
+
+    exit_code = 4
+
+
+class ValidationFailedError(OnnxGuardError):
+    """The ONNX graph does not match PyTorch within tolerance."""
+
+    exit_code = 5
+
+
+class OptimizationError(OnnxGuardError):
+    """ONNX Runtime's transformer optimizer failed."""
+
+    exit_code = 4
+
+
+class QuantizationError(OnnxGuardError):
+    """Quantization failed (not: missed the accuracy budget, which falls back to fp32)."""
+
+    exit_code = 4
+
+
+# --- security ------------------------------------------------------------------------------------
+class SecurityError(OnnxGuardError):
+    """A security check refused an artifact."""
+
+    exit_code = 6
+
+
+class ScanFindingsError(SecurityError):
+    """The scanner found problems at or above the threshold."""
+
+
+class ScanIncompleteError(SecurityError):
+    """Something could not be scanned; unscanned is a failure, never a silent pass."""
+
+
+class IntegrityError(OnnxGuardError):
+    """A hash, signature or decryption check failed."""
+
+    exit_code = 7
+
+
+class HashMismatchError(IntegrityError):
+    """A bundle file does not match the sha256 recorded in the manifest."""
+
+
+class SignatureError(IntegrityError):
+    """The bundle signature is missing, invalid, or from another key."""
+
+
+class DecryptionError(IntegrityError):
+    """An encrypted file could not be decrypted (wrong key, tampered, swapped or truncated)."""
+
+
+class KeySourceError(IntegrityError):
+    """A key could not be read from its source (env var unset, file missing, bad format)."""
+
+
+# --- bundle / storage ----------------------------------------------------------------------------
+class BundleError(OnnxGuardError):
+    """The bundle directory is malformed or cannot be written."""
+
+    exit_code = 8
+
+
+class OutputExistsError(BundleError):
+    """The output directory exists and is not empty."""
+
+
+class DiskFullError(BundleError):
+    """No space left on the device while writing."""
+
+
+# --- serve ---------------------------------------------------------------------------------------
+class ServeError(OnnxGuardError):
+    """The server could not start as configured."""
+
+    exit_code = 9
+
+
+class BuildInterruptedError(OnnxGuardError):
+    """The user interrupted a build; temporary files were removed."""
+
+    exit_code = 130
