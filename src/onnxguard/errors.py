@@ -8,7 +8,8 @@ that the CLI uses.  Foreign exceptions are translated once, at the stage boundar
 0     success
 1     unexpected internal error (a bug: please report it)
 2     usage error (bad option or argument)
-3     bad source: missing/unreadable directory, missing tokenizer, corrupt weights, unsupported model
+3     bad source: missing/unreadable directory, missing tokenizer, corrupt weights,
+      unsupported model
 4     export failed
 5     validation failed: ONNX output does not match PyTorch within tolerance
 6     security: scan findings at or above the threshold, or something could not be scanned
@@ -154,6 +155,46 @@ class KeySourceError(IntegrityError):
     """A key could not be read from its source (env var unset, file missing, bad format)."""
 
 
+class SignatureMissingError(SignatureError):
+    """A public key is configured but the bundle has no model.sig."""
+
+
+class SignatureInvalidError(SignatureError):
+    """model.sig is malformed, corrupted or forged: it does not verify."""
+
+
+class SignatureKeyMismatchError(SignatureError):
+    """The bundle was signed, but by another key than the one configured."""
+
+
+class SignedFileChangedError(SignatureError):
+    """A file's content differs from what was signed."""
+
+
+class SignedFileAddedError(SignatureError):
+    """The bundle holds a file that was not signed."""
+
+
+class SignedFileRemovedError(SignatureError):
+    """A signed file is missing from the bundle."""
+
+
+class WrongKeyError(DecryptionError):
+    """The key source gives another key than the one the bundle was encrypted with."""
+
+
+class CiphertextTruncatedError(DecryptionError):
+    """An encrypted file is shorter than its ciphertext must be."""
+
+
+class FileSwappedError(DecryptionError):
+    """An encrypted file holds the ciphertext of another file of the bundle."""
+
+
+class ManifestBindingError(DecryptionError):
+    """The manifest or its wrapped data key was changed after encryption (they are bound)."""
+
+
 # --- bundle / storage ----------------------------------------------------------------------------
 class BundleError(OnnxGuardError):
     """The bundle directory is malformed or cannot be written."""
@@ -167,6 +208,10 @@ class OutputExistsError(BundleError):
 
 class DiskFullError(BundleError):
     """No space left on the device while writing."""
+
+
+class SignedBundleError(BundleError):
+    """Encrypting or decrypting would invalidate the bundle's signature; re-signing is needed."""
 
 
 # --- serve ---------------------------------------------------------------------------------------

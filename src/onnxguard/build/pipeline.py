@@ -1,0 +1,418 @@
+"""The build pipeline: source → scan → export → validate → optimize → quantize → scan → bundle.
+
+Each stage is a function in its own module; this one orders them, times them, reports progress,
+and writes the bundle atomically (a staging directory beside the output, renamed into place only
+when every check passed).  Whatever fails, nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from onnxguard import __version__
+from onnxguard.build.export import OPSET, export_onnx, load_torch_model
+from onnxguard.build.optimize import optimize
+from onnxguard.build.quantize import QuantizeMode, quantize_candidates
+from onnxguard.build.validate import (
+    Reference,
+    Tolerance,
+    ValidationResult,
+    builtin_sentences,
+    compare,
+    compute_reference,
+    make_cases,
+    read_text_lines,
+    run_onnx,
+)
+from onnxguard.bundle import (
+    FP32_MODEL_NAME,
+    MODEL_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    file_entries,
+    prepare_output,
+    publish,
+    staging_dir,
+    write_manifest,
+)
+from onnxguard.errors import MissingTokenizerError, UsageError, ValidationFailedError
+from onnxguard.source import ResolvedSource, resolve_source
+from onnxguard.tasks import (
+    ArchitectureSpec,
+    PoolingSpec,
+    Task,
+    architecture_for,
+    detect_pooling,
+    detect_task,
+    parse_task,
+)
+
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a build needs; safe defaults (CLI flags map 1:1 onto these fields)."""
+
+    out: Path
+    source: str | None = None
+    revision: str | None = None
+    task: str | None = None
+    quantize: QuantizeMode = QuantizeMode.DYNAMIC
+    calibration: Path | None = None
+    validation_data: Path | None = None
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    max_length: int | None = None
+    opset: int = OPSET
+    force: bool = False
+    allow_pickle: bool = False
+    sign_key: Path | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    stage: str
+    seconds: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle: Path
+    manifest: Manifest
+    stage_seconds: dict[str, float]
+    total_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": str(self.bundle),
+            "task": self.manifest.task,
+            "precision": self.manifest.precision,
+            "stage_seconds": {k: round(v, 2) for k, v in self.stage_seconds.items()},
+            "total_seconds": round(self.total_seconds, 2),
+            "manifest": self.manifest.to_dict(),
+        }
+
+
+Progress = Callable[[StageEvent], None]
+
+
+@dataclass
+class _Timer:
+    progress: Progress | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    _start: float = field(default_factory=time.perf_counter)
+
+    def done(self, stage: str, detail: str = "") -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self._start
+        self._start = now
+        if self.progress:
+            self.progress(StageEvent(stage, self.seconds[stage], detail))
+
+
+def build_bundle(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
+    """Build, validate and write a bundle; raises an OnnxGuardError subclass on any failure."""
+    started = time.perf_counter()
+    timer = _Timer(progress)
+    out = Path(config.out)
+    prepare_output(out, force=config.force)
+    sentences = (
+        read_text_lines(config.validation_data, "validation")
+        if config.validation_data else builtin_sentences()
+    )
+    calibration = read_text_lines(config.calibration, "calibration") if config.calibration else []
+    if config.quantize is QuantizeMode.STATIC and not calibration:
+        raise UsageError(
+            "--quantize static needs --calibration FILE",
+            hint="pass a text file with one representative input per line (100-500 lines)",
+        )
+
+    source = resolve_source(config.source, revision=config.revision,
+                            allow_pickle=config.allow_pickle)
+    timer.done("resolve", f"{source.kind} {source.id}")
+    model_config = source.config
+    spec = architecture_for(model_config)
+    task = parse_task(config.task) if config.task else detect_task(source.path, model_config)
+    pooling = detect_pooling(source.path) if task is Task.FEATURE_EXTRACTION else None
+    input_names = ["input_ids", "attention_mask"] + (
+        ["token_type_ids"] if spec.uses_token_type_ids(model_config) else []
+    )
+    max_length = _max_length(source, model_config, spec, config.max_length)
+    tokenizer_json = _tokenizer_json(source.path, max_length)
+    from onnxguard._tokenize import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_json, max_length)
+
+    with tempfile.TemporaryDirectory(prefix="onnxguard-build-") as work_str, \
+            staging_dir(out) as staged:
+        work = Path(work_str)
+        export_model = load_torch_model(source.path, task, allow_pickle=config.allow_pickle)
+        exported = export_onnx(
+            export_model, task=task, input_names=input_names, pooling=pooling,
+            out_path=work / "model.export.onnx", opset=config.opset,
+            vocab_size=int(model_config.get("vocab_size", 100)),
+        )
+        del export_model
+        timer.done("export", f"{exported.exporter} exporter, opset {exported.opset}")
+
+        reference = _reference(source, task, pooling, input_names, tokenizer, sentences,
+                               max_length, config.allow_pickle)
+        export_check = _validate(exported.path, "export-fp32", task, reference, config, False)
+        timer.done("validate", _metrics_line(export_check))
+
+        optimized = optimize(exported.path, work / FP32_MODEL_NAME, spec, model_config)
+        fp32_check = _validate(optimized.path, "optimized-fp32", task, reference, config, False)
+        timer.done("optimize", optimized.to_dict()["summary"])
+
+        chosen, precision, quant_record = _choose_quantized(
+            optimized.path, work, task, reference, config, tokenizer, input_names, calibration
+        )
+        timer.done("quantize", quant_record["decision"])
+
+        stages = {
+            "export": exported.to_dict(),
+            "validation": {
+                "export_fp32": export_check.to_dict(),
+                "optimized_fp32": fp32_check.to_dict(),
+                "tolerance": vars(config.tolerance),
+                "sentences": len(sentences),
+                "data": str(config.validation_data) if config.validation_data else "built-in",
+                "reference_seconds": round(reference.seconds, 2),
+            },
+            "optimization": optimized.to_dict(),
+            "quantization": quant_record,
+        }
+        shutil.copyfile(chosen, staged / MODEL_NAME)
+        if chosen != optimized.path:
+            shutil.copyfile(optimized.path, staged / FP32_MODEL_NAME)
+        (staged / TOKENIZER_NAME).write_text(tokenizer_json, encoding="utf-8")
+        for extra in TOKENIZER_EXTRAS:
+            if (source.path / extra).is_file():
+                shutil.copyfile(source.path / extra, staged / extra)
+        manifest = Manifest(
+            name=config.name or _bundle_name(source),
+            task=task.value,
+            inputs=tuple(input_names),
+            outputs=exported.output_names,
+            max_length=max_length,
+            labels=_labels(model_config) if task is not Task.FEATURE_EXTRACTION else (),
+            pooling=pooling.to_dict() if pooling else None,
+            precision=precision,
+            source=source.to_dict() | {"model_type": spec.model_type},
+            tools=_tool_versions(),
+            stages=stages,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        manifest = replace(manifest, files=file_entries(
+            staged, [p.name for p in staged.iterdir() if p.is_file()]
+        ))
+        write_manifest(staged, manifest)
+        timer.done("bundle", f"{len(manifest.files)} files")
+        publish(staged, out, force=config.force)
+    return BuildResult(out, manifest, timer.seconds, time.perf_counter() - started)
+
+
+def _reference(
+    source: ResolvedSource,
+    task: Task,
+    pooling: PoolingSpec | None,
+    input_names: list[str],
+    tokenizer: Any,
+    sentences: list[str],
+    max_length: int,
+    allow_pickle: bool,
+) -> Reference:
+    """PyTorch outputs from a freshly loaded model (an exported module can drift)."""
+    from onnxguard.build.export import _TaskWrapper
+
+    fresh = load_torch_model(source.path, task, allow_pickle=allow_pickle)
+    wrapper = _TaskWrapper(fresh, task, pooling, input_names).eval()
+    cases = make_cases(sentences, max_length)
+    return compute_reference(wrapper, tokenizer, input_names, cases)
+
+
+def _validate(
+    path: Path, graph: str, task: Task, reference: Reference, config: BuildConfig,
+    quantized: bool,
+) -> ValidationResult:
+    result = compare(graph, task, reference, run_onnx(path, reference), quantized=quantized,
+                     tolerance=config.tolerance)
+    if not quantized and not result.passed:
+        raise ValidationFailedError(
+            f"{graph} graph does not match PyTorch: {result.reason}",
+            hint="this is an exporter/optimizer problem for this model; run with --verbose and "
+            "report it with the model's config.json",
+            validation=result.to_dict(),
+        )
+    return result
+
+
+def _choose_quantized(
+    fp32: Path,
+    work: Path,
+    task: Task,
+    reference: Reference,
+    config: BuildConfig,
+    tokenizer: Any,
+    input_names: list[str],
+    calibration: list[str],
+) -> tuple[Path, str, dict[str, Any]]:
+    """First candidate within the accuracy budget wins; otherwise ship fp32, saying why."""
+    record: dict[str, Any] = {"mode": config.quantize.value, "attempts": []}
+    if config.quantize is QuantizeMode.NONE:
+        record["decision"] = "fp32 (quantization disabled)"
+        return fp32, "fp32", record
+    feeds = _calibration_feeds(tokenizer, input_names, calibration)
+    for graph in quantize_candidates(fp32, work, config.quantize, feeds):
+        check = _validate(graph.path, graph.candidate.name, task, reference, config, True)
+        record["attempts"].append(check.to_dict() | {
+            "description": graph.candidate.description,
+            "seconds": round(graph.seconds, 2),
+        })
+        if check.passed:
+            record["decision"] = f"int8 ({graph.candidate.name}): {_metrics_line(check)}"
+            record["chosen"] = graph.candidate.name
+            return graph.path, "int8", record
+    record["decision"] = "fp32: no int8 candidate met the accuracy budget (" + "; ".join(
+        f"{a['graph']}: {a['reason']}" for a in record["attempts"]
+    ) + ")"
+    record["hint"] = (
+        "validate on data like yours (--validation-data), try --quantize static "
+        "--calibration FILE, or relax --min-agreement / --min-cosine"
+    )
+    return fp32, "fp32", record
+
+
+def _calibration_feeds(tokenizer: Any, input_names: list[str], texts: list[str]) -> list[Any]:
+    from onnxguard._tokenize import pad_batch, pad_id_of
+
+    pad = pad_id_of(tokenizer)
+    return [
+        pad_batch(tokenizer.encode_batch(texts[i:i + 8]), input_names, pad)
+        for i in range(0, len(texts), 8)
+    ]
+
+
+def _metrics_line(r: ValidationResult) -> str:
+    parts = [f"max|Δ|={r.max_abs_diff:.2g}", f"min cos={r.min_cosine:.5f}"]
+    if r.agreement is not None:
+        parts.append(f"top-1 agreement={r.agreement:.2%}")
+    return ", ".join(parts) + f" on {r.sequences} sequences"
+
+
+def _max_length(
+    source: ResolvedSource, cfg: dict[str, Any], spec: ArchitectureSpec, override: int | None
+) -> int:
+    """The model's own limit: sentence-transformers > tokenizer > position embeddings."""
+    limit = int(cfg.get("max_position_embeddings", 512)) - spec.position_offset
+    if override:
+        if override > limit:
+            raise UsageError(f"--max-length {override} exceeds the model's limit {limit}",
+                             hint=f"use at most {limit}")
+        return override
+    for file_name, keys in (
+        ("sentence_bert_config.json", ("max_seq_length",)),
+        (TOKENIZER_NAME, ("truncation", "max_length")),
+        ("tokenizer_config.json", ("model_max_length",)),
+    ):
+        value = _json_field(source.path / file_name, *keys)
+        if isinstance(value, int) and 0 < value < 100_000:
+            return min(limit, value)
+    return limit
+
+
+def _json_field(path: Path, *keys: str) -> Any:
+    """A nested field of a JSON file, or None when the file or field is missing."""
+    import json
+
+    try:
+        value: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _tokenizer_json(model_dir: Path, max_length: int) -> str:
+    """tokenizer.json with padding off and truncation at max_length (made if only slow files)."""
+    from tokenizers import Tokenizer
+
+    path = model_dir / TOKENIZER_NAME
+    if path.is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # Rust-side parse errors
+            raise MissingTokenizerError(
+                f"{path} cannot be parsed: {exc}",
+                hint="restore tokenizer.json from the model's source",
+            ) from exc
+    else:
+        tokenizer = _convert_slow_tokenizer(model_dir)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    text: str = tokenizer.to_str(pretty=False)
+    return text
+
+
+def _convert_slow_tokenizer(model_dir: Path) -> Any:
+    """Make a fast tokenizer from vocab files with transformers (no remote code)."""
+    try:
+        from transformers import AutoTokenizer
+
+        slow = AutoTokenizer.from_pretrained(
+            str(model_dir), use_fast=True, trust_remote_code=False, local_files_only=True
+        )
+        backend = getattr(slow, "backend_tokenizer", None) or getattr(slow, "_tokenizer", None)
+    except Exception as exc:  # transformers raises OSError/ValueError/TypeError here
+        raise MissingTokenizerError(
+            f"{model_dir} has no tokenizer.json and no tokenizer files to make one from "
+            f"({type(exc).__name__})",
+            hint="add the model's tokenizer.json (or vocab.txt / tokenizer.model) to the "
+            "directory",
+        ) from exc
+    if backend is None:
+        raise MissingTokenizerError(
+            f"the tokenizer in {model_dir} has no fast (Rust) version",
+            hint="add a tokenizer.json made with `tokenizer.save_pretrained` on a fast tokenizer",
+        )
+    return backend
+
+
+def _labels(cfg: dict[str, Any]) -> tuple[str, ...]:
+    id2label = cfg.get("id2label") or {}
+    try:
+        return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+    except (ValueError, TypeError):
+        return tuple(str(v) for v in id2label.values())
+
+
+def _bundle_name(source: ResolvedSource) -> str:
+    raw = source.id.rstrip("/").split("/")[-1]
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw).strip("-.") or "model"
+
+
+def _tool_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "onnxguard": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tokenizers": tokenizers.__version__,
+    }

@@ -1,0 +1,177 @@
+"""int8 quantization candidates, fastest first; the accuracy budget picks the one we ship.
+
+Plain dynamic quantization sits at the edge of a 99% agreement budget on BERT-size models, so a
+build does not take one shot: it produces candidates in order of expected speed, the pipeline
+validates each against the PyTorch reference, and the first that meets the budget is shipped.
+If none does, the fp32 graph is shipped and the manifest says why.  Optimum, by contrast, never
+checks accuracy after quantizing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxguard.errors import QuantizationError
+
+
+class QuantizeMode(StrEnum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to quantize: a name for the manifest and the quantizer's options."""
+
+    name: str
+    description: str
+    kind: QuantizeMode
+    op_types: tuple[str, ...]
+    exclude_patterns: tuple[str, ...] = ()
+    """Node-name fragments kept fp32 (attention output projections excepted)."""
+
+    def nodes_to_exclude(self, model_path: Path) -> list[str]:
+        if not self.exclude_patterns:
+            return []
+        import onnx
+
+        graph = onnx.load(str(model_path), load_external_data=False).graph
+        return [
+            n.name for n in graph.node
+            if n.op_type in self.op_types and "attention" not in n.name
+            and any(p in n.name for p in self.exclude_patterns)
+        ]
+
+
+DYNAMIC_CANDIDATES = (
+    Candidate(
+        "dynamic-int8-qattention",
+        "dynamic int8, per-channel weights, MatMul and fused Attention quantized",
+        QuantizeMode.DYNAMIC,
+        ("MatMul", "Attention"),
+    ),
+    Candidate(
+        "dynamic-int8-matmul",
+        "dynamic int8, per-channel weights, MatMul only (attention kept fp32)",
+        QuantizeMode.DYNAMIC,
+        ("MatMul",),
+    ),
+    Candidate(
+        "dynamic-int8-ffn-fp32",
+        "dynamic int8, MatMul only, feed-forward output projections kept fp32 "
+        "(their post-GELU activations have the widest range)",
+        QuantizeMode.DYNAMIC,
+        ("MatMul",),
+        exclude_patterns=("output/dense", "ffn/lin2", "output_dense"),
+    ),
+)
+STATIC_CANDIDATES = (
+    Candidate(
+        "static-int8-qdq",
+        "static int8 (QDQ, u8 activations / s8 per-channel weights), calibrated MinMax",
+        QuantizeMode.STATIC,
+        ("MatMul",),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class QuantizedGraph:
+    candidate: Candidate
+    path: Path
+    seconds: float
+
+
+def candidates_for(mode: QuantizeMode) -> tuple[Candidate, ...]:
+    if mode is QuantizeMode.DYNAMIC:
+        return DYNAMIC_CANDIDATES
+    if mode is QuantizeMode.STATIC:
+        return STATIC_CANDIDATES + DYNAMIC_CANDIDATES
+    return ()
+
+
+def quantize_candidates(
+    fp32_path: Path,
+    work_dir: Path,
+    mode: QuantizeMode,
+    calibration_feeds: Sequence[dict[str, np.ndarray]] = (),
+) -> Iterator[QuantizedGraph]:
+    """Yield quantized graphs, fastest candidate first (the caller stops at the first good one)."""
+    logging.getLogger("root").setLevel(logging.ERROR)
+    for candidate in candidates_for(mode):
+        out = work_dir / f"model.{candidate.name}.onnx"
+        start = time.perf_counter()
+        try:
+            if candidate.kind is QuantizeMode.STATIC:
+                _quantize_static(fp32_path, out, candidate, calibration_feeds)
+            else:
+                _quantize_dynamic(fp32_path, out, candidate)
+        except Exception as exc:  # ORT's quantizer raises bare RuntimeError/ValueError
+            raise QuantizationError(
+                f"quantization {candidate.name} failed: {type(exc).__name__}: {exc}",
+                hint="pass --quantize none to ship the fp32 graph",
+            ) from exc
+        yield QuantizedGraph(candidate, out, time.perf_counter() - start)
+
+
+def _quantize_dynamic(src: Path, dst: Path, candidate: Candidate) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=list(candidate.op_types),
+        nodes_to_exclude=candidate.nodes_to_exclude(src),
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _quantize_static(
+    src: Path, dst: Path, candidate: Candidate, feeds: Sequence[dict[str, np.ndarray]]
+) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if not feeds:
+        raise QuantizationError(
+            "static quantization needs calibration data",
+            hint="pass --calibration FILE with one representative text per line",
+        )
+
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._it, None)
+
+    quantize_static(
+        str(src),
+        str(dst),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=list(candidate.op_types),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )

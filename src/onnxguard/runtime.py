@@ -1,0 +1,240 @@
+"""Engine: a verified bundle → ONNX Runtime session + tokenizer → predictions.
+
+Serve-side only: onnxruntime, tokenizers and numpy (a test proves torch and transformers are not
+imported).  The bundle is verified and read into memory by ``integrity.loader.open_bundle``;
+ONNX Runtime gets the model as bytes, so a decrypted model never touches the disk.
+
+Speed: texts are tokenized once without padding, sorted by length and batched, so each batch is
+padded only to its own longest text (SST-2 averages ~25 tokens; fixed padding to 128 wastes ~5x).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding
+
+from onnxguard._tokenize import load_tokenizer, pad_batch, pad_id_of
+from onnxguard.errors import OnnxGuardError, UsageError
+from onnxguard.integrity.loader import LoadedBundle, open_bundle
+from onnxguard.tasks import Task
+
+# Preference order for automatic provider selection.
+PROVIDER_PREFERENCE = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+_PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_providers(requested: Sequence[str] | None) -> list[str]:
+    """Explicit providers must be available; automatic picks TensorRT → CUDA → CPU."""
+    available = ort.get_available_providers()
+    if not requested:
+        return [p for p in PROVIDER_PREFERENCE if p in available] or ["CPUExecutionProvider"]
+    names = [_PROVIDER_ALIASES.get(p.strip().lower(), p.strip()) for p in requested if p.strip()]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UsageError(
+            f"execution provider(s) {', '.join(missing)} not available in this onnxruntime",
+            hint=f"available: {', '.join(available)}; leave --providers unset to choose "
+            "automatically",
+        )
+    return names
+
+
+class EngineError(OnnxGuardError):
+    """The model could not be loaded into ONNX Runtime."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    providers: tuple[str, ...] | None = None
+    intra_op_threads: int | None = None
+    batch_size: int = 32
+
+
+class Engine:
+    """Run a verified bundle.  Thread-safe for concurrent ``run_batch`` calls (ORT sessions are)."""
+
+    def __init__(self, loaded: LoadedBundle, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.bundle = loaded
+        self.manifest = loaded.manifest
+        self.task = Task(self.manifest.task)
+        self.labels = list(self.manifest.labels)
+        self.input_names = list(self.manifest.inputs)
+        self.max_length = self.manifest.max_length
+        self.tokenizer = load_tokenizer(loaded.tokenizer_json, self.max_length)
+        self.pad_id = pad_id_of(self.tokenizer)
+        self.threads = self.config.intra_op_threads or available_cores()
+        self.session, self.provider_notes = self._create_session(loaded.model_bytes)
+        self.providers = list(self.session.get_providers())
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: Path | str,
+        *,
+        public_key: Path | None = None,
+        key_source: str | None = None,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        batch_size: int = 32,
+    ) -> Engine:
+        """Verify (hashes; signature when ``public_key``; decrypt with ``key_source``) and load."""
+        loaded = open_bundle(Path(path), public_key=public_key, key_source=key_source)
+        config = EngineConfig(
+            providers=tuple(providers) if providers else None,
+            intra_op_threads=intra_op_threads,
+            batch_size=batch_size,
+        )
+        return cls(loaded, config)
+
+    # --- properties used by the server and the CLI ----------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def digest(self) -> str:
+        return self.bundle.digest
+
+    @property
+    def output_name(self) -> str:
+        return self.manifest.outputs[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task.value,
+            "precision": self.manifest.precision,
+            "providers": self.providers,
+            "provider_notes": self.provider_notes,
+            "intra_op_threads": self.threads,
+            "max_length": self.max_length,
+            "labels": self.labels,
+            "bundle_digest": self.digest,
+            "signed": self.bundle.signed,
+        }
+
+    # --- inference ------------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        """Tokenize without padding (batch encode runs in Rust and releases the GIL)."""
+        return list(self.tokenizer.encode_batch(list(texts)))
+
+    def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray:
+        """One ORT call on a batch padded to its longest row; returns the raw output."""
+        feed = pad_batch(encodings, self.input_names, self.pad_id, pad_to)
+        out: np.ndarray = self.session.run([self.output_name], feed)[0]
+        return out
+
+    def predict_raw(self, texts: Sequence[str], batch_size: int | None = None) -> list[np.ndarray]:
+        """Raw outputs in input order: length-sorted batches, dynamic padding."""
+        encodings = self.encode(texts)
+        size = batch_size or self.config.batch_size
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        results: list[np.ndarray] = [np.empty(0)] * len(encodings)
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
+            out = self.run_batch([encodings[i] for i in idx])
+            for row, i in enumerate(idx):
+                n = len(encodings[i].ids)
+                results[i] = out[row, :n] if self.task is Task.TOKEN_CLASSIFICATION else out[row]
+        return results
+
+    def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict[str, Any]]:
+        """Task-shaped results: labels+scores, embeddings, or token labels."""
+        raw = self.predict_raw(texts, batch_size)
+        if self.task is Task.TOKEN_CLASSIFICATION:
+            encodings = self.encode(texts)
+            return [self.postprocess_tokens(r, e) for r, e in zip(raw, encodings, strict=True)]
+        return self.postprocess(np.stack(raw)) if raw else []
+
+    def postprocess(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """Rows of a classification or embedding output → JSON-friendly results."""
+        if self.task is Task.FEATURE_EXTRACTION:
+            return [{"embedding": row.astype(float).tolist()} for row in outputs]
+        probs = softmax(outputs)
+        results = []
+        for row in probs:
+            best = int(row.argmax())
+            results.append({
+                "label": self.label_of(best),
+                "score": float(row[best]),
+                "scores": {self.label_of(i): float(p) for i, p in enumerate(row)},
+            })
+        return results
+
+    def postprocess_tokens(self, logits: np.ndarray, encoding: Encoding) -> dict[str, Any]:
+        probs = softmax(logits)
+        tokens = []
+        for i, (token, (start, end)) in enumerate(zip(encoding.tokens, encoding.offsets,
+                                                      strict=True)):
+            if encoding.special_tokens_mask[i]:
+                continue
+            best = int(probs[i].argmax())
+            tokens.append({"token": token, "start": start, "end": end,
+                           "label": self.label_of(best), "score": float(probs[i, best])})
+        return {"tokens": tokens}
+
+    def label_of(self, index: int) -> str:
+        return self.labels[index] if index < len(self.labels) else f"LABEL_{index}"
+
+    # --- session --------------------------------------------------------------------------------
+    def _create_session(self, model_bytes: bytes) -> tuple[ort.InferenceSession, list[str]]:
+        """Try the providers in order; a provider that fails to initialise is skipped, noted."""
+        wanted = resolve_providers(self.config.providers)
+        notes: list[str] = []
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        explicit = self.config.providers is not None
+        candidates = [wanted] if explicit else [wanted[i:] for i in range(len(wanted))]
+        last_error: Exception | None = None
+        for providers in candidates:
+            try:
+                session = ort.InferenceSession(model_bytes, options, providers=providers)
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+                last_error = exc
+                notes.append(f"{providers[0]} failed to initialise: {str(exc)[:200]}")
+                continue
+            inactive = [p for p in providers if p not in session.get_providers()]
+            notes.extend(f"{p} requested but not active" for p in inactive)
+            return session, notes
+        raise EngineError(
+            f"ONNX Runtime could not load the model: {last_error}",
+            hint="rebuild the bundle, or choose other providers with --providers",
+        ) from last_error
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    result: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return result

@@ -1,0 +1,178 @@
+"""Declarative registry: which architectures and tasks onnxguard builds, and how.
+
+Adding an architecture is one ``ArchitectureSpec`` line here plus a tiny-model test
+(``tests/unit/test_tasks.py`` fails if a registered architecture has none).  Everything that
+differs between architectures (inputs, config field names, optimizer model type) lives here,
+never as ``if model_type == ...`` branches in the stages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from onnxguard.errors import UnsupportedModelError
+
+
+class Task(StrEnum):
+    TEXT_CLASSIFICATION = "text-classification"
+    FEATURE_EXTRACTION = "feature-extraction"
+    TOKEN_CLASSIFICATION = "token-classification"  # noqa: S105 (not a password)
+
+    @property
+    def output_name(self) -> str:
+        return "sentence_embedding" if self is Task.FEATURE_EXTRACTION else "logits"
+
+
+class Pooling(StrEnum):
+    MEAN = "mean"
+    CLS = "cls"
+    MAX = "max"
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """How one ``model_type`` is exported and optimized."""
+
+    model_type: str
+    token_type_ids: bool
+    """Whether the model takes token_type_ids (from the tokenizer's type ids)."""
+    optimizer_model_type: str = "bert"
+    """``model_type`` for onnxruntime.transformers.optimizer (its fusion patterns)."""
+    heads_field: str = "num_attention_heads"
+    hidden_field: str = "hidden_size"
+    position_offset: int = 0
+    """Positions reserved before the first token (RoBERTa-style padding_idx offset)."""
+
+    def uses_token_type_ids(self, config: dict[str, Any]) -> bool:
+        # DeBERTa-v2 only embeds token types when type_vocab_size > 0.
+        if self.model_type == "deberta-v2":
+            return int(config.get("type_vocab_size", 0)) > 0
+        return self.token_type_ids
+
+    def num_heads(self, config: dict[str, Any]) -> int:
+        return int(config[self.heads_field])
+
+    def hidden_size(self, config: dict[str, Any]) -> int:
+        return int(config[self.hidden_field])
+
+
+ARCHITECTURES: dict[str, ArchitectureSpec] = {
+    spec.model_type: spec
+    for spec in (
+        ArchitectureSpec("bert", token_type_ids=True),
+        ArchitectureSpec(
+            "distilbert", token_type_ids=False, heads_field="n_heads", hidden_field="dim"
+        ),
+        ArchitectureSpec("roberta", token_type_ids=False, position_offset=2),
+        ArchitectureSpec("xlm-roberta", token_type_ids=False, position_offset=2),
+        ArchitectureSpec("albert", token_type_ids=True),
+        ArchitectureSpec("electra", token_type_ids=True),
+        ArchitectureSpec("mpnet", token_type_ids=False, position_offset=2),
+        ArchitectureSpec("deberta-v2", token_type_ids=False),
+    )
+}
+
+TASKS: tuple[Task, ...] = tuple(Task)
+
+
+def architecture_for(config: dict[str, Any]) -> ArchitectureSpec:
+    """The registry entry for a config, or an error that lists what is supported."""
+    model_type = str(config.get("model_type", ""))
+    spec = ARCHITECTURES.get(model_type)
+    if spec is None:
+        supported = ", ".join(sorted(ARCHITECTURES))
+        raise UnsupportedModelError(
+            f"architecture {model_type or '(config.json has no model_type)'!r} is not supported",
+            hint=f"supported model types: {supported}",
+            model_type=model_type,
+        )
+    return spec
+
+
+def parse_task(name: str) -> Task:
+    try:
+        return Task(name)
+    except ValueError:
+        raise UnsupportedModelError(
+            f"unknown task {name!r}",
+            hint=f"choose one of: {', '.join(t.value for t in Task)}",
+        ) from None
+
+
+def detect_task(model_dir: Path, config: dict[str, Any]) -> Task:
+    """Task from sentence-transformers files, then the config's ``architectures``.
+
+    Unlike optimum, this works for local and offline models: it needs no Hub metadata.
+    """
+    if _sentence_transformers_modules(model_dir):
+        return Task.FEATURE_EXTRACTION
+    for arch in config.get("architectures") or ():
+        if arch.endswith("ForSequenceClassification"):
+            return Task.TEXT_CLASSIFICATION
+        if arch.endswith("ForTokenClassification"):
+            return Task.TOKEN_CLASSIFICATION
+    return Task.FEATURE_EXTRACTION
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    mode: Pooling
+    normalize: bool
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode.value, "normalize": self.normalize, "source": self.source}
+
+
+def detect_pooling(model_dir: Path) -> PoolingSpec:
+    """The model's own pooling (sentence-transformers 1_Pooling + Normalize), else mean."""
+    modules = _sentence_transformers_modules(model_dir)
+    if not modules:
+        return PoolingSpec(Pooling.MEAN, normalize=False, source="default (no pooling config)")
+    normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
+    pooling_dirs = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
+    if not pooling_dirs:
+        return PoolingSpec(Pooling.MEAN, normalize=normalize, source="modules.json (no Pooling)")
+    cfg_path = model_dir / str(pooling_dirs[0].get("path", "")) / "config.json"
+    cfg = _read_json(cfg_path)
+    modes = [
+        mode
+        for key, mode in (
+            ("pooling_mode_mean_tokens", Pooling.MEAN),
+            ("pooling_mode_cls_token", Pooling.CLS),
+            ("pooling_mode_max_tokens", Pooling.MAX),
+        )
+        if cfg.get(key)
+    ]
+    unsupported = [
+        k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and
+        k not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_max_tokens")
+    ]
+    if unsupported or len(modes) != 1:
+        raise UnsupportedModelError(
+            f"pooling configuration in {cfg_path} is not supported: "
+            f"{', '.join(unsupported) or 'none or several modes set'}",
+            hint="onnxguard supports exactly one of mean, cls or max pooling",
+        )
+    return PoolingSpec(modes[0], normalize=normalize, source=str(cfg_path.relative_to(model_dir)))
+
+
+def _sentence_transformers_modules(model_dir: Path) -> list[dict[str, Any]]:
+    path = model_dir / "modules.json"
+    if not path.is_file():
+        return []
+    data = _read_json(path)
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(
+            f"cannot read {path}: {exc}", hint="the file must be valid UTF-8 JSON"
+        ) from exc
