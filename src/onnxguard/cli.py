@@ -38,6 +38,7 @@ def _command_modules() -> list[ModuleType]:
     from onnxguard import commands
 
     modules: list[ModuleType] = [commands]
+    modules.append(__import__("onnxguard.integrity.commands", fromlist=["register"]))
     return modules
 
 

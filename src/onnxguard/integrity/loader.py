@@ -1,8 +1,13 @@
 """Open a bundle for inference: every check that must pass before anything is parsed.
 
-Order: manifest → listed files only → (signature, when a public key is configured) → read each
-file into memory and check its sha256 → (decrypt in memory, when encrypted).  The bytes returned
-are the bytes that were checked; nothing is read twice and nothing decrypted touches the disk.
+Order: (signature, when a public key is configured: checked before the manifest is even parsed,
+and the manifest bytes parsed are the ones that were signed) → manifest → listed files only →
+read each file into memory and check its sha256 → (decrypt in memory, when encrypted).  The bytes
+returned are the bytes that were checked; nothing is read twice and nothing decrypted touches the
+disk: the model goes to onnxruntime as bytes, the tokenizer as a string.
+
+Settings are passed in explicitly (no environment reading here): the CLI maps ``--pub`` /
+``ONNXGUARD_PUBLIC_KEY`` and ``--key-source`` / ``ONNXGUARD_KEY_SOURCE`` to the two arguments.
 """
 
 from __future__ import annotations
@@ -14,14 +19,21 @@ from onnxguard.bundle import (
     TOKENIZER_NAME,
     Manifest,
     check_listed_files,
-    read_manifest,
     read_verified,
 )
+from onnxguard.errors import CiphertextTruncatedError, HashMismatchError, KeySourceError
+from onnxguard.integrity._common import parse_manifest, read_manifest_bytes
+from onnxguard.integrity.keys import KeyProvider
 
 
 @dataclass(frozen=True)
 class LoadedBundle:
-    """A verified bundle in memory: what the Engine needs, and what the audit log records."""
+    """A verified bundle in memory: what the Engine needs, and what the audit log records.
+
+    ``manifest`` and ``digest`` are those of ``onnxguard.json`` as it is on disk (for an encrypted
+    bundle: with its ``encryption`` section); ``model_bytes`` and ``tokenizer_json`` are plaintext.
+    ``signed`` is True only when a signature was verified (a public key was given).
+    """
 
     path: Path
     manifest: Manifest
@@ -35,19 +47,62 @@ def open_bundle(
     bundle_dir: Path,
     *,
     public_key: Path | None = None,
-    key_source: str | None = None,
+    key_source: str | KeyProvider | None = None,
 ) -> LoadedBundle:
-    """Verify and load a bundle; raises an IntegrityError subclass on any failed check."""
+    """Verify and load a bundle; raises an IntegrityError subclass on any failed check.
+
+    With ``public_key`` a missing or bad signature refuses the bundle (SignatureError).  An
+    encrypted bundle needs ``key_source`` (``env:NAME``, ``file:PATH`` or a KeyProvider) and is
+    decrypted in memory only.
+    """
     bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
+    if public_key is not None:
+        from onnxguard.integrity.signing import verify_signature
+
+        manifest = verify_signature(bundle_dir, Path(public_key)).manifest
+    else:
+        manifest = parse_manifest(read_manifest_bytes(bundle_dir), bundle_dir)
     check_listed_files(bundle_dir, manifest)
-    model_bytes = read_verified(bundle_dir, manifest, manifest.model_file)
-    tokenizer_json = read_verified(bundle_dir, manifest, TOKENIZER_NAME)
+    if manifest.encryption is not None and key_source is None:
+        raise KeySourceError(
+            f"bundle {bundle_dir} is encrypted (key {manifest.encryption.get('key_id', '?')}) "
+            "and no key source was given",
+            hint="pass --key-source env:NAME or file:PATH (or set ONNXGUARD_KEY_SOURCE) naming "
+            "the key-encryption key it was encrypted with",
+        )
+    model_bytes = _read(bundle_dir, manifest, manifest.model_file)
+    tokenizer_json = _read(bundle_dir, manifest, TOKENIZER_NAME)
+    if manifest.encryption is not None and key_source is not None:
+        from onnxguard.integrity.encryption import decrypt_files
+
+        plain = decrypt_files(
+            manifest,
+            {manifest.model_file: model_bytes, TOKENIZER_NAME: tokenizer_json},
+            key_source,
+        )
+        model_bytes, tokenizer_json = plain[manifest.model_file], plain[TOKENIZER_NAME]
     return LoadedBundle(
         path=bundle_dir,
         manifest=manifest,
         model_bytes=model_bytes,
         tokenizer_json=tokenizer_json,
         digest=manifest.digest(),
-        signed=False,
+        signed=public_key is not None,
     )
+
+
+def _read(bundle_dir: Path, manifest: Manifest, name: str) -> bytes:
+    """read_verified, telling a cut-short encrypted file apart from a changed one."""
+    try:
+        return read_verified(bundle_dir, manifest, name)
+    except HashMismatchError as exc:
+        expected = int(manifest.files.get(name, {}).get("size", 0))
+        path = bundle_dir / name
+        if manifest.encryption is not None and path.is_file() and path.stat().st_size < expected:
+            raise CiphertextTruncatedError(
+                f"{name} in {bundle_dir} is truncated: {path.stat().st_size:,} B of "
+                f"ciphertext, {expected:,} B expected",
+                hint="the file was cut short (an interrupted copy?); copy the bundle again",
+                file=name,
+            ) from exc
+        raise
