@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 
@@ -160,10 +159,10 @@ def verify_command(
 
     certificate = cert_mode or bool(cert_chain)
     sigstore = sigstore_identity is not None or sigstore_issuer is not None
-    if pub is not None and (certificate or sigstore):
-        # A key from the environment yields to a mode chosen explicitly on the command line.
-        if ctx.get_parameter_source("pub") == click.core.ParameterSource.ENVIRONMENT:
-            pub = None
+    # A key from the environment yields to a mode chosen explicitly on the command line.
+    source = ctx.get_parameter_source("pub")
+    if (certificate or sigstore) and source is not None and source.name == "ENVIRONMENT":
+        pub = None
     if sum((pub is not None, certificate, sigstore)) != 1:
         raise UsageError(
             "choose one verification mode: --pub PUB.pem, --cert-chain CA.pem, or "
@@ -246,7 +245,7 @@ def decrypt_command(
         None, "--password-env", metavar="NAME", help="Env var holding --sign-key's password."
     ),
 ) -> None:
-    """Decrypt a bundle back to plaintext on disk (serving never needs this: it decrypts in memory)."""
+    """Decrypt a bundle to plaintext on disk (serving never needs this: it decrypts in memory)."""
     from onnxguard.integrity.encryption import decrypt_bundle
 
     password = _secret_from_env(password_env, "private key password")

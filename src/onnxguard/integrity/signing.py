@@ -22,11 +22,12 @@ costs ~0.4 s and loading an unsigned bundle does not need it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -104,8 +105,11 @@ def sign_bundle(
 
     def configure(cfg: ms_signing.Config) -> ms_signing.Config:
         if certificate is None:
+            # The library annotates the password as str but hands it to cryptography, which
+            # needs bytes (a str raises TypeError): pass the bytes.
             return cfg.use_elliptic_key_signer(
-                private_key=key_path, password=password.decode() if password else None
+                private_key=key_path,
+                password=password,  # type: ignore[arg-type]
             )
         if password:
             raise SignatureError(
@@ -292,19 +296,15 @@ def _verify(
 
     config = configure(verifying.Config())  # type: ignore[no-untyped-call]
     config = config.set_hashing_config(_hashing_config())
-    # The library reads the signature from a path: give it a private copy of the bytes parsed
-    # above, so the file list used below is exactly the one that was verified.
-    fd, tmp_name = tempfile.mkstemp(prefix="onnxguard-", suffix=".sig")
+    # The library reads the signature from a path: give it a private in-memory copy of the bytes
+    # parsed above, so the file list used below is exactly the one that was verified.
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        config.verify(bundle_dir, tmp_name)
+        with _private_copy(data) as sig_copy:
+            config.verify(bundle_dir, sig_copy)
     except OnnxGuardError:
         raise
     except Exception as exc:  # ValueError, cryptography's InvalidSignature, protobuf errors...
         _raise_precise(bundle_dir, parsed, exc, method=method, key_label=key_label)
-    finally:
-        os.unlink(tmp_name)
 
     manifest_bytes = read_manifest_bytes(bundle_dir)
     if hashlib.sha256(manifest_bytes).hexdigest() != parsed.files.get(MANIFEST_NAME):
@@ -324,6 +324,27 @@ def _verify(
         signed_name=parsed.signed_name,
         extra=dict(extra or {}),
     )
+
+
+@contextlib.contextmanager
+def _private_copy(data: bytes) -> Iterator[Path]:
+    """A path to a private copy of ``data``: an anonymous memory file on Linux, else a temp file."""
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
+        fd = os.memfd_create("onnxguard-signature", os.MFD_CLOEXEC)
+        try:
+            with os.fdopen(os.dup(fd), "wb") as fh:
+                fh.write(data)
+            yield Path(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    handle, name = tempfile.mkstemp(prefix="onnxguard-", suffix=".sig")
+    try:
+        with os.fdopen(handle, "wb") as fh:
+            fh.write(data)
+        yield Path(name)
+    finally:
+        os.unlink(name)
 
 
 def _check_manifest_matches(
