@@ -354,12 +354,6 @@ def _decrypt_file(name: str, data: bytes, data_key: bytes, plain: Manifest, dige
         raise HashMismatchError(f"{name} is not listed in the manifest", hint="rebuild the bundle")
     size = int(entry["size"])
     expected = ciphertext_size(size)
-    if len(data) < expected:
-        raise CiphertextTruncatedError(
-            f"{name} is truncated: {len(data):,} B of ciphertext, {expected:,} B expected",
-            hint="the file was cut short (an interrupted copy?); copy the bundle again",
-            file=name,
-        )
     view = memoryview(data)
     try:
         if len(data) != expected or view[: len(MAGIC)] != MAGIC:
@@ -372,12 +366,12 @@ def _decrypt_file(name: str, data: bytes, data_key: bytes, plain: Manifest, dige
     except InvalidTag as exc:
         other = _belongs_to(view, data_key, plain, digest, exclude=name)
         if other:
-            raise FileSwappedError(
-                f"{name} holds the encrypted contents of {other}: files of the bundle were "
-                "swapped or renamed",
-                hint="restore the bundle from a trusted copy",
+            raise swapped_error(name, other) from exc
+        if len(data) < expected:
+            raise CiphertextTruncatedError(
+                f"{name} is truncated: {len(data):,} B of ciphertext, {expected:,} B expected",
+                hint="the file was cut short (an interrupted copy?); copy the bundle again",
                 file=name,
-                contents_of=other,
             ) from exc
         raise DecryptionError(
             f"{name} does not decrypt: it was modified, or replayed from another bundle or an "
@@ -392,6 +386,16 @@ def _decrypt_file(name: str, data: bytes, data_key: bytes, plain: Manifest, dige
             file=name,
         )
     return out
+
+
+def swapped_error(name: str, other: str) -> FileSwappedError:
+    return FileSwappedError(
+        f"{name} holds the encrypted contents of {other}: files of the bundle were swapped or "
+        "renamed",
+        hint="restore the bundle from a trusted copy",
+        file=name,
+        contents_of=other,
+    )
 
 
 def _belongs_to(

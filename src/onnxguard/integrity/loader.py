@@ -20,9 +20,11 @@ from onnxguard.bundle import (
     Manifest,
     check_listed_files,
     read_verified,
+    sha256_file,
 )
 from onnxguard.errors import CiphertextTruncatedError, HashMismatchError, KeySourceError
 from onnxguard.integrity._common import parse_manifest, read_manifest_bytes
+from onnxguard.integrity.encryption import decrypt_files, swapped_error
 from onnxguard.integrity.keys import KeyProvider
 
 
@@ -73,8 +75,6 @@ def open_bundle(
     model_bytes = _read(bundle_dir, manifest, manifest.model_file)
     tokenizer_json = _read(bundle_dir, manifest, TOKENIZER_NAME)
     if manifest.encryption is not None and key_source is not None:
-        from onnxguard.integrity.encryption import decrypt_files
-
         plain = decrypt_files(
             manifest,
             {manifest.model_file: model_bytes, TOKENIZER_NAME: tokenizer_json},
@@ -92,16 +92,23 @@ def open_bundle(
 
 
 def _read(bundle_dir: Path, manifest: Manifest, name: str) -> bytes:
-    """read_verified, telling a cut-short encrypted file apart from a changed one."""
+    """read_verified; for an encrypted bundle, a swapped or cut-short file gets its own error."""
     try:
         return read_verified(bundle_dir, manifest, name)
     except HashMismatchError as exc:
-        expected = int(manifest.files.get(name, {}).get("size", 0))
         path = bundle_dir / name
-        if manifest.encryption is not None and path.is_file() and path.stat().st_size < expected:
+        if manifest.encryption is None or path.is_symlink() or not path.is_file():
+            raise
+        # Failure path only: look at what the file is instead.
+        actual = sha256_file(path)
+        for other, entry in manifest.files.items():
+            if other != name and entry.get("sha256") == actual:
+                raise swapped_error(name, other) from exc
+        size, expected = path.stat().st_size, int(manifest.files[name].get("size", 0))
+        if size < expected:
             raise CiphertextTruncatedError(
-                f"{name} in {bundle_dir} is truncated: {path.stat().st_size:,} B of "
-                f"ciphertext, {expected:,} B expected",
+                f"{name} in {bundle_dir} is truncated: {size:,} B of ciphertext, "
+                f"{expected:,} B expected",
                 hint="the file was cut short (an interrupted copy?); copy the bundle again",
                 file=name,
             ) from exc
