@@ -176,14 +176,14 @@ def decrypt_bundle(
         )
     resign = _check_signature_policy(bundle_dir, sign_key, sign_password, action="decrypt")
     provider = resolve_key_source(key_source)
-    plain = logical_manifest(manifest)
+    key = unwrap_data_key(manifest, provider)
     names = sorted(manifest.files)
     with staging_dir(bundle_dir) as staged:
         for name in names:
-            ciphertext = read_verified(bundle_dir, manifest, name)
-            data = decrypt_files(manifest, {name: ciphertext}, provider)[name]
-            (staged / name).write_bytes(data)
-        write_manifest(staged, plain)
+            (staged / name).write_bytes(
+                key.decrypt(name, read_verified(bundle_dir, manifest, name))
+            )
+        write_manifest(staged, key.plain)
         _finish(bundle_dir, staged, sign_key if resign else None, sign_password)
     return EncryptionResult(bundle_dir, provider.key_id, tuple(names), resign)
 
@@ -290,6 +290,27 @@ def decrypt_files(
     ``ciphertexts`` are the (already hash-checked) bytes of some of the manifest's files.  Each
     plaintext is checked against the sha256 recorded before encryption.
     """
+    key = unwrap_data_key(manifest, key_source)
+    return {name: key.decrypt(name, data) for name, data in ciphertexts.items()}
+
+
+@dataclass(frozen=True, repr=False)
+class DataKey:
+    """A bundle's unwrapped data key with what it is bound to (kept in memory only)."""
+
+    key: bytes
+    plain: Manifest
+    digest: str
+
+    def __repr__(self) -> str:  # never show key material
+        return f"DataKey(manifest={self.digest[:16]}…)"
+
+    def decrypt(self, name: str, data: bytes) -> bytes:
+        return _decrypt_file(name, data, self.key, self.plain, self.digest)
+
+
+def unwrap_data_key(manifest: Manifest, key_source: str | KeyProvider) -> DataKey:
+    """Check the key id, then unwrap the data key bound to the (logical) manifest: one call."""
     encryption = _encryption_section(manifest)
     provider = resolve_key_source(key_source)
     if provider.key_id != encryption["key_id"]:
@@ -324,10 +345,7 @@ def decrypt_files(
             "manifest or its wrapped key was changed after encryption",
             hint="restore the original onnxguard.json, or rebuild and encrypt the bundle again",
         ) from exc
-    return {
-        name: _decrypt_file(name, data, data_key, plain, digest)
-        for name, data in ciphertexts.items()
-    }
+    return DataKey(data_key, plain, digest)
 
 
 def _encryption_section(manifest: Manifest) -> dict[str, Any]:
