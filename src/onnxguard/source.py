@@ -162,11 +162,9 @@ def _find_package(name: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     root = Path(next(iter(spec.submodule_search_locations)))
-    for candidate in [root, *sorted(p for p in root.rglob("config.json"))]:
-        directory = candidate if candidate.is_dir() else candidate.parent
-        if (directory / "config.json").is_file():
-            return directory
-    return None
+    # The shallowest config.json wins (sentence-transformers keeps 1_Pooling/config.json deeper).
+    configs = sorted(root.rglob("config.json"), key=lambda p: (len(p.parts), str(p)))
+    return configs[0].parent if configs else None
 
 
 def _resolve_package(name: str) -> ResolvedSource:

@@ -69,6 +69,8 @@ def load_torch_model(model_dir: Path, task: Task, *, allow_pickle: bool = False)
             hint="convert the checkpoint to safetensors on a trusted machine, or pass "
             "--allow-pickle to load it after the scanner finds it clean",
         )
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        check_safetensors(weights)
     try:
         model = classes[task].from_pretrained(
             str(model_dir),
@@ -82,6 +84,23 @@ def load_torch_model(model_dir: Path, task: Task, *, allow_pickle: bool = False)
     model.eval()
     loaded: torch.nn.Module = model
     return loaded
+
+
+def check_safetensors(path: Path) -> None:
+    """Parse the header and check the data spans cover the file (cheap; no tensor is read)."""
+    from safetensors import safe_open
+
+    from onnxguard.errors import CorruptWeightsError
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            list(handle.keys())
+    except Exception as exc:  # SafetensorError is not an OSError; any failure means corrupt
+        raise CorruptWeightsError(
+            f"weights {path.name} are corrupt or truncated: {exc}",
+            hint="download the model again and compare the file's sha256 with the source",
+            file=str(path),
+        ) from exc
 
 
 def _translate_load_error(model_dir: Path, exc: Exception) -> SourceError:

@@ -55,6 +55,8 @@ from onnxguard.tasks import (
 )
 
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
+SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                        "sentencepiece.bpe.model", "spm.model")
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,15 @@ def _tokenizer_json(model_dir: Path, max_length: int) -> str:
 
 def _convert_slow_tokenizer(model_dir: Path) -> Any:
     """Make a fast tokenizer from vocab files with transformers (no remote code)."""
+    vocab_files = [p.name for p in model_dir.iterdir()
+                   if p.name in SLOW_TOKENIZER_FILES or p.suffix == ".model"]
+    if not vocab_files:
+        raise MissingTokenizerError(
+            f"{model_dir} has no tokenizer: neither tokenizer.json nor vocabulary files "
+            f"({', '.join(SLOW_TOKENIZER_FILES)}, *.model)",
+            hint="copy the model's tokenizer files (tokenizer.json, or vocab.txt / "
+            "tokenizer.model with tokenizer_config.json) into the directory",
+        )
     try:
         from transformers import AutoTokenizer
 
@@ -380,7 +391,7 @@ def _convert_slow_tokenizer(model_dir: Path) -> Any:
             hint="add the model's tokenizer.json (or vocab.txt / tokenizer.model) to the "
             "directory",
         ) from exc
-    if backend is None:
+    if backend is None or backend.get_vocab_size() <= 10:
         raise MissingTokenizerError(
             f"the tokenizer in {model_dir} has no fast (Rust) version",
             hint="add a tokenizer.json made with `tokenizer.save_pretrained` on a fast tokenizer",

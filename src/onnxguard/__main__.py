@@ -1,0 +1,5 @@
+"""``python -m onnxguard`` runs the CLI."""
+
+from onnxguard.cli import main
+
+main()

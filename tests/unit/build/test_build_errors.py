@@ -1,0 +1,208 @@
+"""Bad input gets a clear error with a hint, a documented exit code, and nothing half-written."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from onnxguard.build import pipeline
+from onnxguard.build.pipeline import BuildConfig, build_bundle
+from onnxguard.build.quantize import QuantizeMode
+from onnxguard.build.validate import Tolerance
+from onnxguard.errors import (
+    CorruptWeightsError,
+    DiskFullError,
+    MissingTokenizerError,
+    OutputExistsError,
+    SourceNotFoundError,
+    UnsafeFormatError,
+    UnsupportedModelError,
+    ValidationFailedError,
+)
+
+FAST = {"quantize": QuantizeMode.NONE}
+
+
+def _copy_model(tiny_model_factory: Callable[..., Path], tmp_path: Path) -> Path:
+    src = tiny_model_factory("bert", "text-classification")
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "onnxguard", *args], capture_output=True,
+                          text=True, input=stdin, timeout=300)
+
+
+def test_missing_directory_exit_3_with_hint(tmp_path: Path) -> None:
+    result = run_cli("build", str(tmp_path / "nope"), "-o", str(tmp_path / "out"))
+    assert result.returncode == 3
+    assert "does not exist" in result.stderr and "hint:" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_file_instead_of_directory(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(SourceNotFoundError, match="is a file"):
+        build_bundle(BuildConfig(out=tmp_path / "out", source=str(tmp_path / "f.txt")))
+
+
+def test_missing_tokenizer(tiny_model_factory: Callable[..., Path], tmp_path: Path) -> None:
+    model = _copy_model(tiny_model_factory, tmp_path)
+    (model / "tokenizer.json").unlink()
+    with pytest.raises(MissingTokenizerError) as info:
+        build_bundle(BuildConfig(out=tmp_path / "out", source=str(model), **FAST))
+    assert info.value.hint and "tokenizer" in info.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_architecture_lists_supported(tmp_path: Path) -> None:
+    model = tmp_path / "gpt"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(UnsupportedModelError) as info:
+        build_bundle(BuildConfig(out=tmp_path / "out", source=str(model)))
+    assert "gpt2" in info.value.message
+    assert info.value.hint and "bert" in info.value.hint and "deberta-v2" in info.value.hint
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage-header"])
+def test_corrupt_weights(tiny_model_factory: Callable[..., Path], tmp_path: Path,
+                         damage: str) -> None:
+    model = _copy_model(tiny_model_factory, tmp_path)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 64)
+    with pytest.raises(CorruptWeightsError) as info:
+        build_bundle(BuildConfig(out=tmp_path / "out", source=str(model), **FAST))
+    assert "corrupt" in info.value.message or "truncated" in info.value.message
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_pickle_checkpoint_refused(tiny_model_factory: Callable[..., Path],
+                                   tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    model = _copy_model(tiny_model_factory, tmp_path)
+    state = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    torch.save(state, model / "pytorch_model.bin")
+    with pytest.raises(UnsafeFormatError) as info:
+        build_bundle(BuildConfig(out=tmp_path / "out", source=str(model), **FAST))
+    assert "pytorch_model.bin" in info.value.message
+    assert info.value.hint and "--allow-pickle" in info.value.hint
+
+
+def test_non_empty_output_refused_without_force(
+    tiny_model_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    model = tiny_model_factory("bert", "text-classification")
+    with pytest.raises(OutputExistsError):
+        build_bundle(BuildConfig(out=out, source=str(model), **FAST))
+    assert (out / "precious.txt").read_text() == "keep me"
+    build_bundle(BuildConfig(out=out, source=str(model), force=True, **FAST))
+    assert not (out / "precious.txt").exists() and (out / "onnxguard.json").is_file()
+    assert _leftovers(tmp_path) == []
+
+
+def test_validation_failure_fails_build(tiny_model_factory: Callable[..., Path],
+                                        tmp_path: Path) -> None:
+    model = tiny_model_factory("bert", "text-classification")
+    config = BuildConfig(out=tmp_path / "out", source=str(model),
+                         tolerance=Tolerance(fp32_atol=0.0, fp32_min_cosine=1.01), **FAST)
+    with pytest.raises(ValidationFailedError) as info:
+        build_bundle(config)
+    assert info.value.exit_code == 5 and "does not match PyTorch" in info.value.message
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_no_space_left_leaves_nothing(tiny_model_factory: Callable[..., Path], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real_copy = shutil.copyfile
+
+    def full_disk(src: object, dst: object, *a: object, **k: object) -> object:
+        if str(dst).endswith("model.onnx"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(src, dst, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.shutil, "copyfile", full_disk)
+    with pytest.raises(DiskFullError) as info:
+        build_bundle(BuildConfig(out=tmp_path / "out",
+                                 source=str(tiny_model_factory("bert", "text-classification")),
+                                 **FAST))
+    assert info.value.hint and "disk space" in info.value.hint
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_interrupted_build_leaves_nothing(tiny_model_factory: Callable[..., Path],
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "optimize", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(BuildConfig(out=tmp_path / "out",
+                                 source=str(tiny_model_factory("bert", "text-classification"))))
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_static_quantization_needs_calibration(tmp_path: Path) -> None:
+    result = run_cli("build", "-o", str(tmp_path / "out"), "--quantize", "static")
+    assert result.returncode == 2
+    assert "--calibration" in result.stderr
+
+
+def test_static_quantization_with_calibration(tiny_model_factory: Callable[..., Path],
+                                              tmp_path: Path) -> None:
+    calibration = tmp_path / "cal.txt"
+    calibration.write_text("\n".join(["the movie was good", "bad acting", "i love it"] * 4))
+    result = build_bundle(BuildConfig(
+        out=tmp_path / "out", source=str(tiny_model_factory("bert", "text-classification")),
+        quantize=QuantizeMode.STATIC, calibration=calibration,
+        tolerance=Tolerance(min_agreement=0.0, min_cosine=0.0),
+    ))
+    quant = result.manifest.stages["quantization"]
+    assert quant["chosen"] == "static-int8-qdq"
+    assert result.manifest.precision == "int8"
+
+
+def test_budget_miss_ships_fp32_and_says_why(tiny_model_factory: Callable[..., Path],
+                                             tmp_path: Path) -> None:
+    result = build_bundle(BuildConfig(
+        out=tmp_path / "out", source=str(tiny_model_factory("bert", "text-classification")),
+        tolerance=Tolerance(min_agreement=1.01),
+    ))
+    quant = result.manifest.stages["quantization"]
+    assert result.manifest.precision == "fp32"
+    assert quant["decision"].startswith("fp32: no int8 candidate met the accuracy budget")
+    assert len(quant["attempts"]) == 3 and not any(a["passed"] for a in quant["attempts"])
+    assert not (tmp_path / "out" / "model.fp32.onnx").exists()
+
+
+def test_json_summary_and_inspect(tiny_model_factory: Callable[..., Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    model = tiny_model_factory("distilbert", "text-classification")
+    result = run_cli("build", str(model), "-o", str(out), "--quantize", "none", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["task"] == "text-classification" and summary["precision"] == "fp32"
+    assert set(summary["stage_seconds"]) >= {"export", "validate", "optimize", "quantize"}
+    inspected = run_cli("inspect", str(out), "--json")
+    assert json.loads(inspected.stdout)["name"] == summary["manifest"]["name"]
