@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import SST2_DEV, SST2_MODEL
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def _plain_onnxruntime(bundle: Path, texts: list[str]) -> np.ndarray:
 
     manifest = json.loads((bundle / "onnxguard.json").read_text())
     tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 (a token, not a secret)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     session = ort.InferenceSession(str(bundle / manifest["model"]["file"]),
                                    providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
