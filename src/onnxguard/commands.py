@@ -89,6 +89,9 @@ def build_command(
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle",
         help="Allow a pickle checkpoint, loaded with weights_only after a clean scan."),
+    sign_key: Path | None = typer.Option(
+        None, "--sign-key", help="Sign the bundle with this EC private key (PEM) before it is "
+        "published (see `onnxguard keygen`)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty OUT."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ) -> None:
@@ -109,6 +112,7 @@ def build_command(
         tolerance=Tolerance(fp32_atol=fp32_atol, min_agreement=min_agreement,
                             min_cosine=min_cosine),
         max_length=max_length, opset=opset, force=force, allow_pickle=allow_pickle, name=name,
+        sign_key=sign_key,
     )
     progress_console = Console(stderr=True)
 

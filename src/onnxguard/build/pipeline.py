@@ -219,6 +219,11 @@ def build_bundle(config: BuildConfig, progress: Progress | None = None) -> Build
         ))
         write_manifest(staged, manifest)
         timer.done("bundle", f"{len(manifest.files)} files")
+        if config.sign_key is not None:
+            from onnxguard.integrity.signing import sign_bundle
+
+            sign_bundle(staged, config.sign_key)
+            timer.done("sign", f"model.sig with {config.sign_key.name}")
         publish(staged, out, force=config.force)
     return BuildResult(out, manifest, timer.seconds, time.perf_counter() - started)
 

@@ -206,3 +206,21 @@ def test_json_summary_and_inspect(tiny_model_factory: Callable[..., Path], tmp_p
     assert set(summary["stage_seconds"]) >= {"export", "validate", "optimize", "quantize"}
     inspected = run_cli("inspect", str(out), "--json")
     assert json.loads(inspected.stdout)["name"] == summary["manifest"]["name"]
+
+
+def test_build_sign_key_signs_before_publishing(tiny_model_factory: Callable[..., Path],
+                                                tmp_path: Path) -> None:
+    from onnxguard.errors import SignatureError
+    from onnxguard.integrity import generate_signing_keypair, verify_bundle
+    from onnxguard.runtime import Engine
+
+    keys = generate_signing_keypair(tmp_path / "keys")
+    other = generate_signing_keypair(tmp_path / "other")
+    out = tmp_path / "out"
+    build_bundle(BuildConfig(out=out, source=str(tiny_model_factory("bert", "text-classification")),
+                             sign_key=keys.private_key, **FAST))
+    assert (out / "model.sig").is_file()
+    verify_bundle(out, keys.public_key)
+    assert Engine.from_bundle(out, public_key=keys.public_key).bundle.signed
+    with pytest.raises(SignatureError):
+        Engine.from_bundle(out, public_key=other.public_key)
