@@ -2,7 +2,8 @@
 
 Order: (signature, when a public key is configured: checked before the manifest is even parsed,
 and the manifest bytes parsed are the ones that were signed) → manifest → listed files only →
-read each file into memory and check its sha256 → (decrypt in memory, when encrypted).  The bytes
+read the model and tokenizer into memory and check their sha256 (the other listed files are
+hashed too, streamed) → (decrypt in memory, when encrypted).  The bytes
 returned are the bytes that were checked; nothing is read twice and nothing decrypted touches the
 disk: the model goes to onnxruntime as bytes, the tokenizer as a string.
 
@@ -74,6 +75,8 @@ def open_bundle(
         )
     model_bytes = _read(bundle_dir, manifest, manifest.model_file)
     tokenizer_json = _read(bundle_dir, manifest, TOKENIZER_NAME)
+    if public_key is None:  # a verified signature has already hashed every file
+        _check_other_files(bundle_dir, manifest, {manifest.model_file, TOKENIZER_NAME})
     if manifest.encryption is not None and key_source is not None:
         plain = decrypt_files(
             manifest,
@@ -89,6 +92,20 @@ def open_bundle(
         digest=manifest.digest(),
         signed=public_key is not None,
     )
+
+
+def _check_other_files(bundle_dir: Path, manifest: Manifest, loaded: set[str]) -> None:
+    """Hash the listed files that are not loaded (streamed): every hash is always checked."""
+    for name, entry in sorted(manifest.files.items()):
+        if name in loaded:
+            continue
+        path = bundle_dir / name
+        if path.is_symlink() or sha256_file(path) != entry.get("sha256"):
+            raise HashMismatchError(
+                f"{name} in {bundle_dir} does not match its manifest hash",
+                hint="the file was changed after the build; restore it or rebuild the bundle",
+                file=name,
+            )
 
 
 def _read(bundle_dir: Path, manifest: Manifest, name: str) -> bytes:

@@ -10,6 +10,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,19 @@ def test_no_file_is_opened_for_writing_during_an_encrypted_load_strace(
     env.pop("ORT_DISABLE_TELEMETRY")
     writes = _strace_writes(script, tmp_path / "on.log", env)
     assert all(str(ORT_TELEMETRY_DIR) in line for line in writes), "\n".join(writes[:20])
+
+
+def test_every_listed_file_is_hash_checked_even_if_not_loaded(bundle_dir: Path) -> None:
+    """An fp32 copy or tokenizer extra is not loaded, but a changed one still refuses the bundle."""
+    from onnxguard.bundle import FP32_MODEL_NAME, file_entries, read_manifest, write_manifest
+
+    shutil.copyfile(bundle_dir / MODEL_NAME, bundle_dir / FP32_MODEL_NAME)
+    manifest = read_manifest(bundle_dir)
+    names = [*manifest.files, FP32_MODEL_NAME]
+    write_manifest(bundle_dir, replace(manifest, files=file_entries(bundle_dir, names)))
+    open_bundle(bundle_dir)
+    data = bytearray((bundle_dir / FP32_MODEL_NAME).read_bytes())
+    data[100] ^= 1
+    (bundle_dir / FP32_MODEL_NAME).write_bytes(bytes(data))
+    with pytest.raises(HashMismatchError, match=FP32_MODEL_NAME):
+        open_bundle(bundle_dir)
