@@ -83,6 +83,8 @@ def build_command(
     min_agreement: float = typer.Option(0.99, help="Quantized top-1 agreement budget."),
     min_cosine: float = typer.Option(0.99, help="Quantized cosine budget (embeddings)."),
     fp32_atol: float = typer.Option(1e-3, help="fp32 max abs difference allowed."),
+    min_speedup: float = typer.Option(
+        1.05, help="int8 must also be this much faster than fp32 (measured) to ship."),
     max_length: int | None = typer.Option(None, help="Override the maximum sequence length."),
     opset: int = typer.Option(17, min=17, help="ONNX opset (>= 17)."),
     name: str | None = typer.Option(None, help="Bundle name (default: from the source)."),
@@ -110,7 +112,7 @@ def build_command(
         out=out, source=source, revision=revision, task=task, quantize=mode,
         calibration=calibration, validation_data=validation_data,
         tolerance=Tolerance(fp32_atol=fp32_atol, min_agreement=min_agreement,
-                            min_cosine=min_cosine),
+                            min_cosine=min_cosine, min_speedup=min_speedup),
         max_length=max_length, opset=opset, force=force, allow_pickle=allow_pickle, name=name,
         sign_key=sign_key,
     )

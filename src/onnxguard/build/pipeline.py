@@ -19,7 +19,7 @@ from typing import Any
 from onnxguard import __version__
 from onnxguard.build.export import OPSET, export_onnx, load_torch_model
 from onnxguard.build.optimize import optimize
-from onnxguard.build.quantize import QuantizeMode, quantize_candidates
+from onnxguard.build.quantize import QuantizeMode, measure_speedup, quantize_candidates
 from onnxguard.build.validate import (
     Reference,
     Tolerance,
@@ -279,17 +279,29 @@ def _choose_quantized(
         record["decision"] = "fp32 (quantization disabled)"
         return fp32, "fp32", record
     feeds = _calibration_feeds(tokenizer, input_names, calibration)
+    speed_feeds = [feed for case, feed in zip(reference.cases, reference.inputs, strict=True)
+                   if case.name in ("batch8-dynamic-padding", "batch8-max-length")]
     for graph in quantize_candidates(fp32, work, config.quantize, feeds):
         check = _validate(graph.path, graph.candidate.name, task, reference, config, True)
-        record["attempts"].append(check.to_dict() | {
+        attempt = check.to_dict() | {
             "description": graph.candidate.description,
             "seconds": round(graph.seconds, 2),
-        })
-        if check.passed:
-            record["decision"] = f"int8 ({graph.candidate.name}): {_metrics_line(check)}"
-            record["chosen"] = graph.candidate.name
-            return graph.path, "int8", record
-    record["decision"] = "fp32: no int8 candidate met the accuracy budget (" + "; ".join(
+        }
+        record["attempts"].append(attempt)
+        if not check.passed:
+            continue
+        speedup = measure_speedup(fp32, graph.path, speed_feeds)
+        attempt["speedup_vs_fp32"] = round(speedup, 2)
+        if speedup < config.tolerance.min_speedup:
+            attempt["passed"] = False
+            attempt["reason"] = (f"within the accuracy budget but only {speedup:.2f}x the fp32 "
+                                 f"speed (< {config.tolerance.min_speedup}x)")
+            continue
+        record["decision"] = (f"int8 ({graph.candidate.name}, {speedup:.2f}x fp32 speed): "
+                              f"{_metrics_line(check)}")
+        record["chosen"] = graph.candidate.name
+        return graph.path, "int8", record
+    record["decision"] = "fp32: no int8 candidate met the budget (" + "; ".join(
         f"{a['graph']}: {a['reason']}" for a in record["attempts"]
     ) + ")"
     record["hint"] = (

@@ -10,6 +10,7 @@ checks accuracy after quantizing.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,12 @@ class QuantizeMode(StrEnum):
     NONE = "none"
 
 
+# Node-name fragments (TorchScript export names) per architecture family.
+FFN_OUT = ("/output/dense/", "/ffn/lin2/", "/ffn_output/")
+FFN_IN = ("/intermediate/dense/", "/ffn/lin1/", "/ffn/MatMul")
+_LAYER = re.compile(r"/(?:layer|layers|albert_layers)\.(\d+)/")
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One way to quantize: a name for the manifest and the quantizer's options."""
@@ -36,42 +43,53 @@ class Candidate:
     description: str
     kind: QuantizeMode
     op_types: tuple[str, ...]
-    exclude_patterns: tuple[str, ...] = ()
-    """Node-name fragments kept fp32 (attention output projections excepted)."""
+    keep_fp32: tuple[str, ...] = ()
+    """Node-name fragments kept fp32 (attention projections are never matched)."""
+    keep_edge_layers: bool = False
+    """Keep the first and last encoder layers fp32 (they see the rawest / final features)."""
 
     def nodes_to_exclude(self, model_path: Path) -> list[str]:
-        if not self.exclude_patterns:
+        if not self.keep_fp32 and not self.keep_edge_layers:
             return []
         import onnx
 
         graph = onnx.load(str(model_path), load_external_data=False).graph
-        return [
-            n.name for n in graph.node
-            if n.op_type in self.op_types and "attention" not in n.name
-            and any(p in n.name for p in self.exclude_patterns)
-        ]
+        nodes = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+        layers = {int(m.group(1)) for n in nodes if (m := _LAYER.search(n.name))}
+        edges = {min(layers), max(layers)} if layers and self.keep_edge_layers else set()
+        excluded = []
+        for node in nodes:
+            name = node.name
+            match = _LAYER.search(name)
+            in_edge = match is not None and int(match.group(1)) in edges
+            ffn = "attention" not in name and any(p in name for p in self.keep_fp32)
+            if in_edge or ffn:
+                excluded.append(name)
+        return excluded
 
 
+_QATT = ("MatMul", "Attention")
 DYNAMIC_CANDIDATES = (
     Candidate(
         "dynamic-int8-qattention",
-        "dynamic int8, per-channel weights, MatMul and fused Attention quantized",
-        QuantizeMode.DYNAMIC,
-        ("MatMul", "Attention"),
+        "dynamic int8, per-channel weights, every MatMul and the fused Attention quantized",
+        QuantizeMode.DYNAMIC, _QATT,
     ),
     Candidate(
-        "dynamic-int8-matmul",
-        "dynamic int8, per-channel weights, MatMul only (attention kept fp32)",
-        QuantizeMode.DYNAMIC,
-        ("MatMul",),
+        "dynamic-int8-ffn-out-fp32",
+        "dynamic int8; feed-forward output projections kept fp32 (their post-GELU inputs "
+        "have the widest range)",
+        QuantizeMode.DYNAMIC, _QATT, keep_fp32=FFN_OUT,
     ),
     Candidate(
-        "dynamic-int8-ffn-fp32",
-        "dynamic int8, MatMul only, feed-forward output projections kept fp32 "
-        "(their post-GELU activations have the widest range)",
-        QuantizeMode.DYNAMIC,
-        ("MatMul",),
-        exclude_patterns=("output/dense", "ffn/lin2", "output_dense"),
+        "dynamic-int8-edges-fp32",
+        "dynamic int8; feed-forward outputs and the first and last layers kept fp32",
+        QuantizeMode.DYNAMIC, _QATT, keep_fp32=FFN_OUT, keep_edge_layers=True,
+    ),
+    Candidate(
+        "dynamic-int8-attention-only",
+        "dynamic int8 on attention (QKV and output projections); feed-forward kept fp32",
+        QuantizeMode.DYNAMIC, _QATT, keep_fp32=FFN_OUT + FFN_IN,
     ),
 )
 STATIC_CANDIDATES = (
@@ -121,6 +139,34 @@ def quantize_candidates(
                 hint="pass --quantize none to ship the fp32 graph",
             ) from exc
         yield QuantizedGraph(candidate, out, time.perf_counter() - start)
+
+
+def measure_speedup(
+    baseline: Path, candidate: Path, feeds: Sequence[dict[str, np.ndarray]], rounds: int = 5
+) -> float:
+    """Throughput ratio candidate/baseline on the same feeds, interleaved rounds, median.
+
+    Interleaving keeps the ratio honest on a noisy machine; an int8 graph that is not faster
+    (tiny models, unfused patterns) is not worth its accuracy cost.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                for p in (baseline, candidate)]
+    for session in sessions:  # warm-up
+        session.run(None, feeds[0])
+    ratios = []
+    for _ in range(rounds):
+        times = []
+        for session in sessions:
+            start = time.perf_counter()
+            for feed in feeds:
+                session.run(None, feed)
+            times.append(time.perf_counter() - start)
+        ratios.append(times[0] / max(times[1], 1e-9))
+    return float(np.median(ratios))
 
 
 def _quantize_dynamic(src: Path, dst: Path, candidate: Candidate) -> None:

@@ -34,6 +34,8 @@ class Tolerance:
     fp32_min_cosine: float = 0.9999
     min_agreement: float = 0.99
     min_cosine: float = 0.99
+    min_speedup: float = 1.05
+    """An int8 candidate must also be this much faster than fp32 (measured, interleaved)."""
 
 
 @dataclass(frozen=True)
