@@ -6,7 +6,12 @@ imported lazily so that serving a bundle never imports torch or transformers.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# onnxruntime >= 1.2x records sessions in a local telemetry store unless told not to; a model
+# server should not write model metadata anywhere it was not asked to.  Must precede its import.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from onnxguard.bundle import Manifest, read_manifest, verify_bundle_files
 from onnxguard.errors import OnnxGuardError

@@ -39,6 +39,7 @@ def _command_modules() -> list[ModuleType]:
 
     modules: list[ModuleType] = [commands]
     modules.append(__import__("onnxguard.integrity.commands", fromlist=["register"]))
+    modules.append(__import__("onnxguard.scan.commands", fromlist=["register"]))
     return modules
 
 
@@ -70,11 +71,23 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
+        err_console.print("[bold red]interrupted[/]: nothing half-written was left behind")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors (typer bundles its own click copy)
+        if isinstance(exc, _click_exceptions()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    import click
+
+    types: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        types.append(TyperClickException)
+    except ImportError:  # older typer uses click itself
+        pass
+    return tuple(types)

@@ -101,3 +101,9 @@ def test_predict_cli_args_and_stdin(tiny_bundle_factory: Callable[..., Path]) ->
 def test_inspect_non_bundle_exit_8(tmp_path: Path) -> None:
     result = _cli("inspect", str(tmp_path))
     assert result.returncode == 8 and "hint:" in result.stderr
+
+
+def test_cli_usage_errors_exit_2() -> None:
+    result = _cli("predict")
+    assert result.returncode == 2 and "Missing argument" in result.stderr
+    assert "Traceback" not in result.stderr
