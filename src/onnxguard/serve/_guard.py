@@ -1,0 +1,355 @@
+"""The guard: one pure-ASGI middleware every HTTP request passes through, in this order.
+
+1. route class (health: public; ``/metrics``: ``metrics`` scope; everything else: ``infer``)
+2. API key (401) and scope (403), compared in constant time (``auth.KeyStore``)
+3. per-key rate limit (429 + Retry-After)
+4. body: declared and received size (413), slow senders (408), gzip/deflate decoded with the
+   same size bound on the output (413: a compression bomb stops at the limit, not in memory)
+5. the app; an unexpected exception becomes a 500 with no detail (logged with its type)
+6. before the response starts: the audit record is written and fsynced (a failed write turns the
+   response into a 503: nothing is served unaudited), metrics are counted, security headers added
+
+Request text and keys never reach a log: the access log has the request id, key id, endpoint,
+status and latency; the audit log has a hash of the inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from onnxguard.serve._http import CONTEXT_KEY, ApiError, RequestContext, error_body, outcome_for
+from onnxguard.serve.audit import AuditLog, AuditLogError
+from onnxguard.serve.auth import SCOPE_INFER, SCOPE_METRICS, SCOPES, KeyStore, Principal
+from onnxguard.serve.metrics import ServeMetrics
+from onnxguard.serve.ratelimit import RateLimiter
+from onnxguard.serve.settings import DocsMode, ServeConfig
+
+log = logging.getLogger("onnxguard.serve")
+access_log = logging.getLogger("onnxguard.serve.access")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+_V2_MODEL = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?(/ready|/config|/infer)?")
+_ANONYMOUS = Principal("anonymous", SCOPES)
+_SECURITY_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+@dataclass(frozen=True)
+class RouteClass:
+    label: str
+    """Bounded label for metrics and the audit log (a route template, never the raw path)."""
+    scope: str | None
+    """Scope a key needs; None: public."""
+    audited: bool
+
+
+def classify(path: str, docs: DocsMode) -> RouteClass:
+    if path in HEALTH_PATHS:
+        return RouteClass(path, None, audited=False)
+    if path == "/metrics":
+        return RouteClass(path, SCOPE_METRICS, audited=True)
+    if path in ("/v1/classify", "/v1/embed", "/v2"):
+        return RouteClass(path, SCOPE_INFER, audited=True)
+    if path in DOCS_PATHS:
+        if docs is DocsMode.PUBLIC:
+            return RouteClass(path, None, audited=False)
+        return RouteClass(path, SCOPE_INFER, audited=True)
+    match = _V2_MODEL.fullmatch(path)
+    if match:
+        label = "/v2/models/{name}" + ("/versions/{version}" if match.group(1) else "")
+        return RouteClass(label + (match.group(2) or ""), SCOPE_INFER, audited=True)
+    return RouteClass("other", SCOPE_INFER, audited=True)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class Guard:
+    """Wraps the FastAPI app (inside Starlette's error middleware, outside the router)."""
+
+    def __init__(self, app: ASGIApp, *, config: ServeConfig, keys: KeyStore | None,
+                 limiter: RateLimiter | None, audit: AuditLog | None, metrics: ServeMetrics,
+                 model_info: Callable[[], tuple[str | None, str | None]]) -> None:
+        self.app = app
+        self.config = config
+        self.keys = keys
+        self.limiter = limiter
+        self.audit = audit
+        self.metrics = metrics
+        self.model_info = model_info
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = classify(scope.get("path", ""), self.config.docs)
+        ctx = RequestContext(request_id=uuid.uuid4().hex, endpoint=route.label,
+                             method=str(scope.get("method", "")), client=_client(scope),
+                             started=time.perf_counter())
+        scope[CONTEXT_KEY] = ctx
+        responder = _Responder(self, send, ctx, route)
+        self.metrics.in_flight.inc()
+        try:
+            try:
+                receive = await self._admit(scope, receive, route, ctx)
+            except ApiError as err:
+                self.metrics.rejected.labels(err.outcome).inc()
+                await responder.error(err)
+                return
+            except _ClientGone:
+                responder.status = 499
+                return
+            try:
+                await self.app(scope, receive, responder.send)
+            except Exception as exc:  # a bug: answer 500 without detail, log the type
+                log.error("request %s failed: %s", ctx.request_id, type(exc).__name__,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+                if not responder.started:
+                    await responder.error(ApiError(500, "internal error"))
+        finally:
+            self.metrics.in_flight.dec()
+            responder.log_access()
+
+    # --- admission -----------------------------------------------------------------------------
+    async def _admit(self, scope: Scope, receive: Receive, route: RouteClass,
+                     ctx: RequestContext) -> Receive:
+        headers = _headers(scope)
+        if route.scope is not None:
+            principal = self._authenticate(headers.get("authorization"), route.scope)
+            ctx.key_id = principal.key_id if self.keys is not None else None
+            if self.limiter is not None:
+                bucket = principal.key_id if self.keys is not None else f"client:{ctx.client}"
+                decision = self.limiter.acquire(bucket)
+                if not decision.allowed:
+                    raise ApiError(429, f"rate limit exceeded ({self.limiter.limit} per key)",
+                                   headers={"Retry-After": str(decision.retry_after_s)})
+        method = ctx.method
+        declared = headers.get("content-length")
+        has_body = method in ("POST", "PUT", "PATCH") or (declared not in (None, "0")) \
+            or "transfer-encoding" in headers
+        if not has_body:
+            return receive
+        body = await self._read_body(receive, declared)
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding and encoding != "identity":
+            body = _decode(body, encoding, self.config.limits.max_body_bytes)
+        scope["headers"] = [(k, v) for k, v in scope.get("headers", [])
+                            if k not in (b"content-length", b"content-encoding",
+                                         b"transfer-encoding")]
+        scope["headers"].append((b"content-length", str(len(body)).encode("ascii")))
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+    def _authenticate(self, authorization: str | None, needed: str) -> Principal:
+        if self.keys is None:
+            return _ANONYMOUS
+        principal = self.keys.authenticate(authorization)
+        if principal is None:
+            raise ApiError(401, "missing or invalid API key (send Authorization: Bearer KEY)",
+                           headers={"WWW-Authenticate": 'Bearer realm="onnxguard"'})
+        if needed not in principal.scopes:
+            raise ApiError(403, f"this API key lacks the '{needed}' scope")
+        return principal
+
+    async def _read_body(self, receive: Receive, declared: str | None) -> bytes:
+        limit = self.config.limits.max_body_bytes
+        if declared is not None:
+            if not declared.isdigit():
+                raise ApiError(400, "invalid Content-Length")
+            if int(declared) > limit:
+                raise ApiError(413, f"request body of {int(declared)} bytes exceeds the limit "
+                               f"of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.config.limits.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise ApiError(408, "request body not received within "
+                           f"{self.config.limits.body_timeout_s:g} s") from None
+        return b"".join(chunks)
+
+
+class _Responder:
+    """Wraps ``send``: audit + metrics + headers before the response starts."""
+
+    def __init__(self, guard: Guard, send: Send, ctx: RequestContext, route: RouteClass) -> None:
+        self.guard = guard
+        self._send = send
+        self.ctx = ctx
+        self.route = route
+        self.started = False
+        self.replaced = False
+        self.status = 0
+        self.logged = False
+
+    async def error(self, err: ApiError) -> None:
+        self.ctx.outcome = self.ctx.outcome or err.outcome
+        headers = [(b"content-type", b"application/json")]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in err.headers.items()]
+        await self.send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": error_body(err.message)})
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+            status = int(message["status"])
+            if not await self._record(status):
+                self.replaced = True
+                status = 503
+                message = {"type": "http.response.start", "status": 503,
+                           "headers": [(b"content-type", b"application/json")]}
+                await self._send(self._decorate(message))
+                await self._send({"type": "http.response.body",
+                                  "body": error_body("audit log unavailable")})
+                return
+            await self._send(self._decorate(message))
+            return
+        if kind == "http.response.body" and self.replaced:
+            return
+        await self._send(message)
+
+    def _decorate(self, message: Message) -> Message:
+        headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
+        headers += _SECURITY_HEADERS
+        headers.append((b"x-request-id", self.ctx.request_id.encode("ascii")))
+        return {**message, "headers": headers}
+
+    async def _record(self, status: int) -> bool:
+        """Audit (durably) and count; False when the audit record could not be written."""
+        ctx, guard = self.ctx, self.guard
+        self.status = status
+        elapsed = time.perf_counter() - ctx.started
+        outcome = ctx.outcome if ctx.outcome and status >= 400 else outcome_for(status)
+        ok = True
+        if self.route.audited and guard.audit is not None:
+            model, digest = guard.model_info()
+            record = {
+                "request_id": ctx.request_id, "key_id": ctx.key_id, "client": ctx.client,
+                "method": ctx.method, "endpoint": ctx.endpoint, "model": model,
+                "bundle_digest": digest, "inputs": ctx.inputs,
+                "inputs_sha256": ctx.inputs_sha256, "outcome": outcome, "status": status,
+                "latency_ms": round(elapsed * 1000.0, 3),
+            }
+            try:
+                await guard.audit.append(record)
+                guard.metrics.audit_records.inc()
+            except AuditLogError as exc:
+                log.error("request %s refused: %s", ctx.request_id, exc.message)
+                ok = False
+                status = 503
+        self.status = status
+        guard.metrics.requests.labels(ctx.endpoint, str(status)).inc()
+        guard.metrics.latency.labels(ctx.endpoint).observe(elapsed)
+        return ok
+
+    def log_access(self) -> None:
+        if self.logged or not self.guard.config.access_log:
+            return
+        self.logged = True
+        ctx = self.ctx
+        access_log.info("%s %s %s %s %d %.1fms key=%s", ctx.request_id, ctx.client or "-",
+                        ctx.method, ctx.endpoint, self.status,
+                        (time.perf_counter() - ctx.started) * 1000.0, ctx.key_id or "-")
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """Request headers, lower-cased names; a repeated header keeps its first value."""
+    result: dict[str, str] = {}
+    for key, value in scope.get("headers", []):
+        name = key.decode("latin-1").lower()
+        if name not in result:
+            result[name] = value.decode("latin-1")
+    return result
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    if not client:
+        return None
+    return str(client[0])
+
+
+def _decode(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo gzip/deflate content codings, never producing more than ``limit`` bytes."""
+    codings = [c.strip() for c in encoding.split(",") if c.strip() and c.strip() != "identity"]
+    if len(codings) > 2:
+        raise ApiError(415, "too many content codings")
+    for coding in reversed(codings):
+        if coding in ("gzip", "x-gzip"):
+            body = _inflate(body, 16 + zlib.MAX_WBITS, limit, members=True)
+        elif coding == "deflate":
+            try:
+                body = _inflate(body, zlib.MAX_WBITS, limit)
+            except ApiError as err:
+                if err.status != 400:
+                    raise
+                body = _inflate(body, -zlib.MAX_WBITS, limit)  # raw deflate, as some clients send
+        else:
+            shown = coding[:32]
+            raise ApiError(415, f"unsupported Content-Encoding {shown!r}: use gzip or deflate")
+    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int, members: bool = False) -> bytes:
+    out = bytearray()
+    decoder = zlib.decompressobj(wbits)
+    pending = data
+    try:
+        while True:
+            out += decoder.decompress(pending, limit + 1 - len(out))
+            if len(out) > limit:
+                raise ApiError(413, f"decompressed request body exceeds the limit of {limit} "
+                               "bytes", outcome="too_large")
+            if decoder.eof:
+                rest = decoder.unused_data
+                if rest and members:
+                    decoder, pending = zlib.decompressobj(wbits), rest
+                    continue
+                if rest:
+                    raise ApiError(400, "data after the end of the compressed body")
+                return bytes(out)
+            if decoder.unconsumed_tail:
+                pending = decoder.unconsumed_tail
+                continue
+            raise ApiError(400, "compressed request body is truncated")
+    except zlib.error:
+        raise ApiError(400, "compressed request body is corrupt") from None

@@ -1,0 +1,75 @@
+"""HTTP errors and small helpers shared by the guard, the V1 routes and the V2 routes.
+
+Every error response is ``{"error": "..."}`` with a status that says whose fault it is; messages
+name the limit or field at fault and never echo the request's text back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import Response
+
+_OUTCOMES = {
+    200: "ok", 400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 408: "body_timeout", 413: "too_large", 415: "unsupported_encoding",
+    422: "invalid", 429: "rate_limited", 500: "error", 503: "unavailable", 504: "timeout",
+}
+
+
+def outcome_for(status: int) -> str:
+    return _OUTCOMES.get(status, "ok" if status < 400 else "error")
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
+                 outcome: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.outcome = outcome or outcome_for(status)
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}, ensure_ascii=False).encode("utf-8")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return Response(body.encode("utf-8"), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+@dataclass
+class RequestContext:
+    """Per-request facts the guard records (audit log, metrics); routes fill in the inputs."""
+
+    request_id: str
+    endpoint: str
+    method: str
+    client: str | None
+    started: float
+    key_id: str | None = None
+    inputs: int | None = None
+    inputs_sha256: str | None = None
+    outcome: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CONTEXT_KEY = "onnxguard.context"
+
+
+def context_of(scope: MutableMapping[str, Any]) -> RequestContext | None:
+    ctx = scope.get(CONTEXT_KEY)
+    return ctx if isinstance(ctx, RequestContext) else None

@@ -1,0 +1,253 @@
+"""The FastAPI app: ``create_app(config) -> FastAPI``.
+
+Endpoints: ``POST /v1/classify``, ``POST /v1/embed`` (by the model's task), the Open Inference
+Protocol under ``/v2`` (see ``v2.py``), ``GET /metrics`` (Prometheus, ``metrics`` scope) and the
+OpenAPI docs (``/docs``, ``/openapi.json``; a key is needed unless ``--docs public``).  Every
+request passes the guard (``_guard.py``): keys, rate limits, body limits, audit, metrics.
+
+Schemas are strict (unknown fields, wrong types → 422; malformed JSON → 400) and every error,
+including FastAPI's own, is answered as ``{"error": "..."}``; an unexpected exception is a bare
+500 and is logged by type only, since exception text could carry request content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from onnxguard import __version__
+from onnxguard.serve._guard import Guard
+from onnxguard.serve._http import ApiError, context_of, error_response, json_response
+from onnxguard.serve.audit import AuditLog
+from onnxguard.serve.auth import KeyStore
+from onnxguard.serve.metrics import CONTENT_TYPE, ServeMetrics
+from onnxguard.serve.ratelimit import RateLimiter
+from onnxguard.serve.service import EngineLoader, Service, default_loader
+from onnxguard.serve.settings import DocsMode, ServeConfig
+from onnxguard.serve.v2 import make_router
+from onnxguard.tasks import Task
+
+log = logging.getLogger("onnxguard.serve")
+
+# FastAPI's native telemetry would record validation failures (with request content) to any
+# globally configured OpenTelemetry provider; the server's own metrics and audit log replace it.
+_TELEMETRY_OFF: Any = {"tracing": False, "metrics": False, "logs": False,
+                       "operation_spans": False, "auto_configure": False}
+
+
+class TextsRequest(BaseModel):
+    """Texts in; limits on count, characters and tokens are enforced with 413s that name them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    texts: list[str] = Field(min_length=1, description="The texts to run, in order.")
+
+
+class ClassificationResult(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class TokenLabel(BaseModel):
+    token: str
+    start: int
+    end: int
+    label: str
+    score: float
+
+
+class TokenResult(BaseModel):
+    tokens: list[TokenLabel]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[ClassificationResult] | list[TokenResult]
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dimensions: int
+    embeddings: list[list[float]]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in (
+        (400, "Malformed request"), (401, "Missing or invalid API key"),
+        (403, "The key lacks the scope"), (413, "Body or input over a limit"),
+        (422, "Request does not match the schema"), (429, "Rate limit exceeded"),
+        (503, "Not ready, overloaded or shutting down"), (504, "Timed out in the queue"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ServerHandles:
+    """What an embedding program (or a test) may want to reach: kept on ``app.state.onnxguard``."""
+
+    config: ServeConfig
+    service: Service
+    metrics: ServeMetrics
+    keys: KeyStore | None
+    audit: AuditLog | None
+
+
+def create_app(
+    config: ServeConfig,
+    *,
+    keys: KeyStore | None = None,
+    loader: EngineLoader | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """Build the app.  The bundle is verified and loaded after the server starts (readiness
+    follows); a failure calls ``on_fatal`` (the CLI stops the server with the error)."""
+    config.check()
+    if keys is None and config.api_keys_file is not None:
+        keys = KeyStore.from_file(config.api_keys_file)
+    metrics = ServeMetrics()
+    service = Service(config, metrics, loader or default_loader(config))
+    limiter = RateLimiter(config.rate_limit) if config.rate_limit is not None else None
+    audit = None
+    if config.audit.path is not None:
+        audit = AuditLog(config.audit.path, max_bytes=config.audit.max_bytes,
+                         keep=config.audit.keep, fsync=config.audit.fsync,
+                         server_info={"version": __version__, "bundle": str(config.bundle),
+                                      "host": config.host, "port": config.port})
+
+    def fatal(exc: BaseException) -> None:
+        if on_fatal is not None:
+            on_fatal(exc)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if audit is not None:
+            try:
+                audit.open()
+            except Exception as exc:
+                fatal(exc)
+                raise
+
+        async def load() -> None:
+            try:
+                await asyncio.to_thread(service.load)
+            except Exception as exc:
+                message = getattr(exc, "message", None) or type(exc).__name__
+                log.error("the model could not be loaded, the server stops: %s", message)
+                fatal(exc)
+
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.to_thread(service.stop)
+            if audit is not None:
+                audit.close()
+
+    docs = config.docs is not DocsMode.OFF
+    app = FastAPI(
+        title="onnxguard", version=__version__, lifespan=lifespan,
+        summary="Verified ONNX transformer models, served securely.",
+        docs_url="/docs" if docs else None, redoc_url=None,
+        openapi_url="/openapi.json" if docs else None, redirect_slashes=False,
+        telemetry=_TELEMETRY_OFF,
+    )
+    app.state.onnxguard = ServerHandles(config, service, metrics, keys, audit)
+    _install_error_handlers(app)
+    _add_v1_routes(app, service, metrics)
+    app.include_router(make_router(service))
+
+    def model_info() -> tuple[str | None, str | None]:
+        engine = service._engine
+        return service.model_name, engine.digest if engine is not None else None
+
+    app.add_middleware(Guard, config=config, keys=keys, limiter=limiter, audit=audit,  # type: ignore[arg-type]
+                       metrics=metrics, model_info=model_info)
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(config.cors_origins),  # type: ignore[arg-type]
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding",
+                           "Inference-Header-Content-Length"],
+            expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"],
+            max_age=600,
+        )
+    return app
+
+
+def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> None:
+    @app.post("/v1/classify", tags=["v1"], summary="Classify texts (labels and scores)",
+              response_model=None, responses={200: {"model": ClassifyResponse}, **_ERRORS})
+    async def classify(body: TextsRequest, request: Request) -> Response:
+        engine = service.engine
+        if engine.task is Task.FEATURE_EXTRACTION:
+            raise ApiError(400, "this model computes embeddings: use POST /v1/embed")
+        inference = await service.infer(body.texts, context_of(request.scope))
+        if engine.task is Task.TOKEN_CLASSIFICATION:
+            results = [engine.postprocess_tokens(row, enc)
+                       for row, enc in zip(inference.rows, inference.encodings, strict=True)]
+        else:
+            results = engine.postprocess(np.stack(inference.rows))
+        return json_response({"model": service.model_name, "results": results})
+
+    @app.post("/v1/embed", tags=["v1"], summary="Embed texts (one vector per text)",
+              response_model=None, responses={200: {"model": EmbedResponse}, **_ERRORS})
+    async def embed(body: TextsRequest, request: Request) -> Response:
+        engine = service.engine
+        if engine.task is not Task.FEATURE_EXTRACTION:
+            raise ApiError(400, f"this model is {engine.task.value}: use POST /v1/classify")
+        inference = await service.infer(body.texts, context_of(request.scope))
+        vectors = np.stack(inference.rows).astype(np.float64)
+        return json_response({"model": service.model_name, "dimensions": int(vectors.shape[1]),
+                              "embeddings": vectors.tolist()})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (metrics scope)",
+             response_model=None, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        ctx = context_of(request.scope)
+        if ctx is not None:
+            ctx.outcome = exc.outcome
+        return error_response(exc.status, exc.message, exc.headers)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "request body is not valid JSON")
+        parts = []
+        for error in errors[:3]:
+            where = ".".join(str(p) for p in error.get("loc", ())[1:]) or "body"
+            parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        return error_response(422, "; ".join(parts) or "invalid request")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return error_response(exc.status_code, detail.lower(), dict(exc.headers or {}))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -1,0 +1,293 @@
+"""Dynamic micro-batching across requests.
+
+Texts from concurrent requests wait in one bounded queue; a worker thread takes a batch when the
+oldest text has waited ``max_wait_ms``, or at once when enough texts wait, and runs it in one ONNX
+Runtime call (which releases the GIL, so the event loop keeps serving).
+
+Length bucketing: a batch is padded to its longest text, so the worker does not take the first N
+texts in arrival order.  It starts from the oldest text (so nothing starves) and grows the batch
+with the waiting texts closest to it in length, as long as real tokens stay at least ``min_fill``
+of the padded batch and rows x width stays within ``max_batch_tokens``.  Texts left out run in
+the next call, which starts at once.
+
+Back-pressure: when the queue holds ``queue_size`` texts a new request is refused at once (503)
+instead of waiting behind a backlog it cannot get through; each request also has a deadline
+(504).  Tokenization runs in a small thread pool (the Rust tokenizer releases the GIL), never on
+the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from tokenizers import Encoding
+
+from onnxguard.errors import ServeError
+from onnxguard.serve.metrics import ServeMetrics
+from onnxguard.serve.settings import BatchSettings
+
+
+class OverloadedError(ServeError):
+    """The batching queue is full: the request is refused at once (HTTP 503)."""
+
+
+class RequestTimeoutError(ServeError):
+    """The request did not get its result within the per-request timeout (HTTP 504)."""
+
+
+class StoppedError(ServeError):
+    """The batcher is shutting down and takes no new work (HTTP 503)."""
+
+
+class InferenceFailedError(ServeError):
+    """ONNX Runtime raised while running a batch (HTTP 500; a bug or a broken model)."""
+
+
+class BatchEngine(Protocol):
+    """What the batcher needs from :class:`onnxguard.runtime.Engine`."""
+
+    def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray:
+        ...
+
+
+@dataclass(eq=False)
+class _Request:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[np.ndarray]]
+    results: list[Any]
+    remaining: int
+    cancelled: bool = False
+    error: BaseException | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    request: _Request
+    index: int
+    encoding: Encoding
+    length: int
+    enqueued: float
+    taken: bool = field(default=False)
+
+
+class Batcher:
+    """The queue and its worker thread(s); ``run`` is called from the event loop."""
+
+    def __init__(self, engine: BatchEngine, settings: BatchSettings, *,
+                 per_token_output: bool = False, metrics: ServeMetrics | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.per_token_output = per_token_output
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._pending: list[_Item] = []
+        self._pending_tokens = 0
+        self._depth = 0
+        self._stopping = False
+        self._has_cancelled = False
+        self._threads: list[threading.Thread] = []
+        self._max_wait = settings.max_wait_ms / 1000.0
+        self._scan = max(4 * settings.max_batch, 256)
+
+    @property
+    def depth(self) -> int:
+        """Texts waiting (not yet taken into a batch)."""
+        return self._depth
+
+    def start(self) -> None:
+        for number in range(self.settings.workers):
+            thread = threading.Thread(target=self._work, name=f"onnxguard-batch-{number}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Take no new work, finish what is queued, join the workers."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    # --- event-loop side ---------------------------------------------------------------------
+    async def run(self, encodings: Sequence[Encoding]) -> list[np.ndarray]:
+        """Raw model output per encoding (token-level outputs cut to the text's length)."""
+        if not encodings:
+            return []
+        loop = asyncio.get_running_loop()
+        request = _Request(loop, loop.create_future(), [None] * len(encodings), len(encodings))
+        now = time.monotonic()
+        items = [_Item(request, i, enc, max(1, len(enc.ids)), now)
+                 for i, enc in enumerate(encodings)]
+        with self._cond:
+            if self._stopping:
+                raise StoppedError("the server is shutting down")
+            if self._depth + len(items) > self.settings.queue_size:
+                raise OverloadedError(
+                    f"server busy: {self._depth} texts already queued "
+                    f"(limit {self.settings.queue_size})",
+                    hint="retry after a short wait")
+            self._pending.extend(items)
+            self._pending_tokens += sum(item.length for item in items)
+            self._depth += len(items)
+            self._cond.notify()
+        self._gauge()
+        try:
+            return await asyncio.wait_for(request.future, self.settings.timeout_s)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"no result within {self.settings.timeout_s:g} s",
+                hint="the server is overloaded; retry later or send fewer texts") from None
+        finally:
+            if not request.future.done() or request.future.cancelled():
+                with self._cond:
+                    request.cancelled = True
+                    self._has_cancelled = True
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self._depth)
+
+    # --- worker side ---------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._next_batch()
+            if batch is None:
+                return
+            self._gauge()
+            self._execute(batch)
+
+    def _next_batch(self) -> list[_Item] | None:
+        """Wait for work and for the batch to fill (called with the lock held)."""
+        settings = self.settings
+        while True:
+            self._drop_cancelled()
+            if not self._pending:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+                continue
+            deadline = self._pending[0].enqueued + self._max_wait
+            if (self._stopping or len(self._pending) >= settings.max_batch
+                    or self._pending_tokens >= settings.max_batch_tokens):
+                return self._select()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._select()
+            self._cond.wait(remaining)
+
+    def _drop_cancelled(self) -> None:
+        if self._has_cancelled:
+            self._has_cancelled = False
+            kept = [item for item in self._pending if not item.request.cancelled]
+            dropped = len(self._pending) - len(kept)
+            self._pending_tokens -= sum(i.length for i in self._pending if i.request.cancelled)
+            self._pending = kept
+            self._depth -= dropped
+
+    def _select(self) -> list[_Item]:
+        """The oldest text plus its nearest neighbours in length (see the module docstring)."""
+        settings = self.settings
+        window = self._pending[: self._scan]
+        anchor = window[0]
+        ordered = sorted(window, key=lambda item: item.length)
+        pos = next(i for i, item in enumerate(ordered) if item is anchor)
+        lo = hi = pos
+        width = total = anchor.length
+        count = 1
+        while count < settings.max_batch:
+            best: tuple[float, int, int] | None = None  # (fill, new_lo, new_hi)
+            if lo > 0:
+                cand = ordered[lo - 1].length  # shorter: width unchanged
+                if (count + 1) * width <= settings.max_batch_tokens:
+                    best = ((total + cand) / ((count + 1) * width), lo - 1, hi)
+            if hi + 1 < len(ordered):
+                cand = ordered[hi + 1].length  # longer (or equal): width grows
+                if (count + 1) * cand <= settings.max_batch_tokens:
+                    fill = (total + cand) / ((count + 1) * cand)
+                    if best is None or fill > best[0]:
+                        best = (fill, lo, hi + 1)
+            if best is None or best[0] < settings.min_fill:
+                break
+            _, lo, hi = best
+            count += 1
+            total = sum(item.length for item in ordered[lo:hi + 1])
+            width = ordered[hi].length
+        batch = ordered[lo:hi + 1]
+        for item in batch:
+            item.taken = True
+        self._pending = [item for item in self._pending if not item.taken]
+        self._pending_tokens -= total
+        self._depth -= len(batch)
+        return batch
+
+    def _execute(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        error: BaseException | None = None
+        output: np.ndarray | None = None
+        try:
+            output = self.engine.run_batch([item.encoding for item in batch])
+        except Exception as exc:  # ORT raises its own types; the requests get a 500
+            error = exc
+        finished = time.monotonic()
+        if self.metrics is not None:
+            width = max(item.length for item in batch)
+            self.metrics.observe_batch(
+                len(batch), sum(item.length for item in batch), width * len(batch),
+                finished - started, [started - item.enqueued for item in batch])
+        done: defaultdict[asyncio.AbstractEventLoop, list[_Request]] = defaultdict(list)
+        with self._cond:
+            for row, item in enumerate(batch):
+                request = item.request
+                if error is not None:
+                    request.error = error
+                elif output is not None:
+                    request.results[item.index] = (output[row, : item.length]
+                                                   if self.per_token_output else output[row])
+                request.remaining -= 1
+                if request.remaining == 0:
+                    done[request.loop].append(request)
+        for loop, requests in done.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, requests)
+            except RuntimeError:  # that event loop has closed; nobody waits any more
+                continue
+
+
+def _deliver(requests: list[_Request]) -> None:
+    for request in requests:
+        if request.future.done():
+            continue
+        if request.error is not None:
+            request.future.set_exception(InferenceFailedError(
+                f"inference failed: {type(request.error).__name__}",
+                hint="see the server log"))
+        else:
+            request.future.set_result(request.results)
+
+
+class TokenizerPool:
+    """Tokenization off the event loop, in a small pool of threads."""
+
+    def __init__(self, encode: Any, threads: int = 2) -> None:
+        self._encode = encode
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads),
+                                        thread_name_prefix="onnxguard-tokenize")
+
+    async def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        loop = asyncio.get_running_loop()
+        result: list[Encoding] = await loop.run_in_executor(self._pool, self._encode, texts)
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,204 @@
+"""The model behind the endpoints: load (verify) → warm up → ready; texts → checked → batched.
+
+Loading runs in a thread after the server has bound its port, so liveness answers at once while
+readiness waits for the bundle to be verified, loaded and warmed up (the first ONNX Runtime calls
+allocate memory and pick kernels; a warmed server answers its first request at full speed).  A
+bundle that fails verification stops the server (fail closed): it is never half-ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tokenizers import Encoding
+
+from onnxguard.serve._http import ApiError
+from onnxguard.serve.audit import hash_inputs
+from onnxguard.serve.batching import (
+    Batcher,
+    InferenceFailedError,
+    OverloadedError,
+    RequestTimeoutError,
+    StoppedError,
+    TokenizerPool,
+)
+from onnxguard.serve.metrics import ServeMetrics
+from onnxguard.serve.settings import ServeConfig
+from onnxguard.tasks import Task
+
+if TYPE_CHECKING:
+    from onnxguard.runtime import Engine
+
+log = logging.getLogger("onnxguard.serve")
+
+EngineLoader = Callable[[], "Engine"]
+
+
+def default_loader(config: ServeConfig) -> EngineLoader:
+    """Verify and load the bundle as configured (signature, decryption, providers, threads)."""
+
+    def load() -> Engine:
+        from onnxguard.runtime import Engine
+
+        return Engine.from_bundle(
+            config.bundle, public_key=config.public_key, key_source=config.key_source,
+            providers=config.providers, intra_op_threads=config.threads,
+            batch_size=config.batching.max_batch,
+        )
+
+    return load
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One request's texts after the model: encodings and raw output rows, in input order."""
+
+    texts: Sequence[str]
+    encodings: list[Encoding]
+    rows: list[np.ndarray]
+
+
+class Service:
+    """The engine, the tokenizer pool and the batcher, and whether they are ready."""
+
+    def __init__(self, config: ServeConfig, metrics: ServeMetrics, loader: EngineLoader) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._loader = loader
+        self._engine: Engine | None = None
+        self._batcher: Batcher | None = None
+        self._tokenizer: TokenizerPool | None = None
+        self._ready = threading.Event()
+        self._stopped = False
+        self._lock = threading.Lock()
+        self.load_seconds: float | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or not self.ready:
+            raise _not_ready()
+        return self._engine
+
+    @property
+    def model_name(self) -> str | None:
+        if self.config.model_name:
+            return self.config.model_name
+        return self._engine.name if self._engine is not None else None
+
+    def load(self) -> None:
+        """Verify + load the bundle, warm it up, start the batcher; then mark ready."""
+        started = time.monotonic()
+        engine = self._loader()
+        self._warm_up(engine)
+        batcher = Batcher(engine, self.config.batching,
+                          per_token_output=engine.task is Task.TOKEN_CLASSIFICATION,
+                          metrics=self.metrics)
+        tokenizer = TokenizerPool(engine.encode, threads=min(2, max(1, engine.threads)))
+        with self._lock:
+            if self._stopped:
+                tokenizer.close()
+                return
+            self._engine, self._batcher, self._tokenizer = engine, batcher, tokenizer
+            batcher.start()
+        self.load_seconds = time.monotonic() - started
+        self.metrics.model.labels(self.model_name or engine.name, engine.task.value,
+                                  engine.manifest.precision, engine.digest).set(1)
+        self.metrics.ready.set(1)
+        self._ready.set()
+        log.info("model %s ready: %s, %s, %d intra-op threads, providers %s (%.1f s)",
+                 self.model_name, engine.task.value, engine.manifest.precision, engine.threads,
+                 ",".join(engine.providers), self.load_seconds)
+
+    def _warm_up(self, engine: Engine) -> None:
+        """A few calls at the batch shapes the server will see, before the first request."""
+        settings = self.config.batching
+        short = engine.encode(["warm up"])[0]
+        long_text = " ".join(["warm"] * engine.max_length)
+        long = engine.encode([long_text])[0]
+        rows = max(1, min(settings.max_batch, settings.max_batch_tokens // max(1, len(short.ids))))
+        engine.run_batch([short])
+        engine.run_batch([short] * rows)
+        engine.run_batch([long])
+
+    def stop(self) -> None:
+        """Finish queued work and release the threads (called after in-flight requests end)."""
+        with self._lock:
+            self._stopped = True
+            batcher, tokenizer = self._batcher, self._tokenizer
+        self._ready.clear()
+        self.metrics.ready.set(0)
+        if batcher is not None:
+            batcher.stop(timeout=self.config.graceful_timeout_s)
+        if tokenizer is not None:
+            tokenizer.close()
+
+    # --- requests ------------------------------------------------------------------------------
+    def check_texts(self, texts: Sequence[str]) -> None:
+        """Count and size limits, and valid Unicode, before any work is done."""
+        limits = self.config.limits
+        if not texts:
+            raise ApiError(422, "texts must hold at least one text")
+        if len(texts) > limits.max_texts:
+            raise ApiError(413, f"too many texts: {len(texts)} (limit {limits.max_texts} per "
+                           "request)")
+        for index, text in enumerate(texts):
+            if len(text) > limits.max_chars:
+                raise ApiError(413, f"text {index} has {len(text)} characters (limit "
+                               f"{limits.max_chars})")
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ApiError(422, f"text {index} is not valid Unicode (lone surrogate)") \
+                        from None
+
+    async def infer(self, texts: Sequence[str], context: Any | None = None) -> Inference:
+        """Check, tokenize (off the loop), check tokens, batch; errors are ApiErrors."""
+        self.check_texts(texts)
+        if context is not None:
+            context.inputs = len(texts)
+            context.inputs_sha256 = hash_inputs(texts)
+        engine = self.engine
+        tokenizer, batcher = self._tokenizer, self._batcher
+        if tokenizer is None or batcher is None:
+            raise _not_ready()
+        encodings = await tokenizer.encode(texts)
+        tokens = sum(len(e.ids) for e in encodings)
+        if tokens > self.config.limits.max_tokens:
+            raise ApiError(413, f"too many tokens: {tokens} (limit "
+                           f"{self.config.limits.max_tokens} per request, after truncation at "
+                           f"{engine.max_length} per text)")
+        try:
+            rows = await batcher.run(encodings)
+        except OverloadedError as exc:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise ApiError(503, exc.message, headers={"Retry-After": "1"},
+                           outcome="overloaded") from None
+        except StoppedError as exc:
+            raise ApiError(503, exc.message, headers={"Retry-After": "1"},
+                           outcome="shutting_down") from None
+        except RequestTimeoutError as exc:
+            self.metrics.rejected.labels("timeout").inc()
+            raise ApiError(504, exc.message, outcome="timeout") from None
+        except InferenceFailedError as exc:
+            log.error("inference failed for a batch: %s", exc.message)
+            raise ApiError(500, "inference failed", outcome="error") from None
+        return Inference(texts, encodings, rows)
+
+
+def _not_ready() -> ApiError:
+    return ApiError(503, "model not ready", headers={"Retry-After": "1"}, outcome="not_ready")
