@@ -225,3 +225,7 @@ class BuildInterruptedError(OnnxGuardError):
     """The user interrupted a build; temporary files were removed."""
 
     exit_code = 130
+
+
+class ScanTargetError(UsageError):
+    """The path given to the scanner does not exist or is neither a file nor a directory."""

@@ -1,0 +1,191 @@
+"""Identify a file by its content, never by its name.
+
+Renaming ``pytorch_model.bin`` to ``notes.txt`` must not change what the scanner does (picklescan
+CVE-2025-1889): every file is sniffed from its first bytes and, where formats have no magic
+number (protocol 0/1 pickles, ONNX protobuf), by parsing a prefix.
+"""
+
+from __future__ import annotations
+
+import codecs
+import struct
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+
+from onnxguard.scan._context import Blob, FileBlob
+
+HEAD = 4096
+
+
+class Kind(StrEnum):
+    """What a file is, as far as the scanner is concerned."""
+
+    EMPTY = "empty"
+    TEXT = "text"
+    PYTHON = "python-source"
+    PICKLE = "pickle"
+    TORCH_LEGACY = "pytorch-legacy"
+    ZIP = "zip"
+    SAFETENSORS = "safetensors"
+    NUMPY = "numpy"
+    HDF5 = "hdf5"
+    TAR = "tar"
+    GZIP = "gzip"
+    BZIP2 = "bzip2"
+    XZ = "xz"
+    SEVEN_ZIP = "7z"
+    ZSTD = "zstd"
+    RAR = "rar"
+    GGUF = "gguf"
+    ORT_FORMAT = "ort-format"
+    ONNX = "onnx"
+    EXECUTABLE = "executable"
+    UNKNOWN = "unknown-binary"
+
+
+# Kinds that hold a pickle a loader would unpickle.
+PICKLE_KINDS = frozenset({Kind.PICKLE, Kind.TORCH_LEGACY})
+
+_LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+_MAGIC: tuple[tuple[bytes, Kind], ...] = (
+    (_LEGACY_TORCH, Kind.TORCH_LEGACY),
+    (b"PK\x03\x04", Kind.ZIP),
+    (b"PK\x05\x06", Kind.ZIP),
+    (b"7z\xbc\xaf\x27\x1c", Kind.SEVEN_ZIP),
+    (b"Rar!\x1a\x07", Kind.RAR),
+    (b"\x1f\x8b", Kind.GZIP),
+    (b"\xfd7zXZ\x00", Kind.XZ),
+    (b"\x28\xb5\x2f\xfd", Kind.ZSTD),
+    (b"\x89HDF\r\n\x1a\n", Kind.HDF5),
+    (b"\x93NUMPY", Kind.NUMPY),
+    (b"GGUF", Kind.GGUF),
+    (b"\x7fELF", Kind.EXECUTABLE),
+    (b"\xfe\xed\xfa\xce", Kind.EXECUTABLE),
+    (b"\xfe\xed\xfa\xcf", Kind.EXECUTABLE),
+    (b"\xce\xfa\xed\xfe", Kind.EXECUTABLE),
+    (b"\xcf\xfa\xed\xfe", Kind.EXECUTABLE),
+    (b"\xca\xfe\xba\xbe", Kind.EXECUTABLE),
+    (b"\x00asm", Kind.EXECUTABLE),
+)
+_PYTHON_SUFFIXES = (".py", ".pyw", ".pyi", ".ipynb")
+# ModelProto fields, in the order protobuf writes them: a serialized model starts with one.
+_ONNX_FIRST_TAGS = frozenset({0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
+
+
+def sniff(blob: Blob, name: str) -> Kind:
+    """Identify ``blob`` (called ``name``) by content."""
+    if blob.size == 0:
+        return Kind.EMPTY
+    head = blob.head(HEAD)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return Kind.PICKLE
+    if _is_safetensors(head):
+        return Kind.SAFETENSORS
+    if _is_pyc(head) or _is_pe(head):
+        return Kind.EXECUTABLE
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return Kind.TAR
+    if len(head) >= 8 and head[4:8] == b"ORTM":
+        return Kind.ORT_FORMAT
+    # ONNX Runtime needs ir_version, so a loadable model starts with field 1 (byte 0x08)
+    if (
+        name.lower().endswith(".onnx")
+        or head[0] in (0x12, 0x1A)
+        or (head[0] == 0x08 and _plausible_onnx(head))
+    ):
+        return Kind.ONNX
+    if b"\x00" not in head and _is_utf8(blob):
+        lower = name.lower()
+        if lower.endswith(_PYTHON_SUFFIXES) or head.startswith(b"#!"):
+            return Kind.PYTHON
+        if head[:1] not in (b"{", b"[", b"#", b" ", b"\n") and _probe(blob):
+            return Kind.PICKLE  # protocol 0 text pickle
+        return Kind.TEXT
+    if _probe(blob):
+        return Kind.PICKLE  # protocol 0/1 pickle with binary data (no PROTO opcode)
+    if head[0] in _ONNX_FIRST_TAGS:
+        return Kind.ONNX  # confirmed (or refused) when parsed
+    return Kind.UNKNOWN
+
+
+def sniff_path(path: Path) -> Kind:
+    """Identify a file on disk by content (follows no symlink; errors raise OSError)."""
+    if path.is_symlink() or not path.is_file():
+        raise OSError(f"not a regular file: {path}")
+    return sniff(FileBlob(path, path.stat().st_size), path.name)
+
+
+def is_pickle_file(path: Path) -> bool:
+    """Does loading this file unpickle it (plain or legacy torch pickle, or a PyTorch zip)?
+
+    The source loader uses this to tell pickle checkpoints from safetensors whatever the file is
+    called.  A ZIP counts when it holds a ``.pkl`` member (``torch.save`` since PyTorch 1.6).
+    """
+    kind = sniff_path(path)
+    if kind in PICKLE_KINDS:
+        return True
+    if kind is Kind.ZIP:
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return any(n.endswith(".pkl") for n in zf.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return True  # a broken zip is treated as the worst case
+    return False
+
+
+def _is_safetensors(head: bytes) -> bool:
+    if len(head) < 10 or head[8:9] != b"{":
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    # a text file may have "{" as 9th character: its first 8 bytes are printable
+    return length >= 2 and not all(0x20 <= b < 0x7F for b in head[:8])
+
+
+def _is_pyc(head: bytes) -> bool:
+    if len(head) < 16 or head[2:4] != b"\r\n":
+        return False
+    return 2900 <= int.from_bytes(head[:2], "little") < 4000
+
+
+def _is_pe(head: bytes) -> bool:
+    if not head.startswith(b"MZ") or len(head) < 64:
+        return False
+    offset = int.from_bytes(head[0x3C:0x40], "little")
+    return head[offset : offset + 4] == b"PE\x00\x00"
+
+
+def _is_utf8(blob: Blob) -> bool:
+    """Stream-decode the whole blob: text is valid UTF-8 without NUL bytes."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with blob.open() as fh:
+        while chunk := fh.read(1 << 20):
+            if b"\x00" in chunk:
+                return False
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                return False
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _plausible_onnx(head: bytes) -> bool:
+    """``ir_version`` (field 1) is a small varint."""
+    return len(head) > 1 and 1 <= head[1] <= 64
+
+
+def _probe(blob: Blob) -> bool:
+    from onnxguard.scan.pickles import probe_pickle
+
+    fh: BinaryIO
+    with blob.open() as fh:
+        return probe_pickle(fh, blob.size)

