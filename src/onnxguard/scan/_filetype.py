@@ -8,6 +8,7 @@ number (protocol 0/1 pickles, ONNX protobuf), by parsing a prefix.
 from __future__ import annotations
 
 import codecs
+import re
 import struct
 from enum import StrEnum
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import BinaryIO
 from onnxguard.scan._context import Blob, FileBlob
 
 HEAD = 4096
+# C0 controls that never occur in text files (tab, newlines, form feed and ESC do).
+_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f]")
 
 
 class Kind(StrEnum):
@@ -73,8 +76,12 @@ _PYTHON_SUFFIXES = (".py", ".pyw", ".pyi", ".ipynb")
 _ONNX_FIRST_TAGS = frozenset({0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
 
 
-def sniff(blob: Blob, name: str) -> Kind:
-    """Identify ``blob`` (called ``name``) by content."""
+def sniff(blob: Blob, name: str, *, deep: bool = True) -> Kind:
+    """Identify ``blob`` (called ``name``) by content.
+
+    ``deep`` reads the whole blob where formats have no magic (text validity, PROTO-less
+    pickles); without it only the first 4 KiB are looked at.
+    """
     if blob.size == 0:
         return Kind.EMPTY
     head = blob.head(HEAD)
@@ -98,7 +105,13 @@ def sniff(blob: Blob, name: str) -> Kind:
         or (head[0] == 0x08 and _plausible_onnx(head))
     ):
         return Kind.ONNX
-    if b"\x00" not in head and _is_utf8(blob):
+    if not deep:
+        # archive members: decide from the head alone (a member may be gigabytes of tensor)
+        text = not _CONTROL.search(head) and _utf8_prefix(head)
+        if text and (name.lower().endswith(_PYTHON_SUFFIXES) or head.startswith(b"#!")):
+            return Kind.PYTHON
+        return Kind.TEXT if text else Kind.UNKNOWN
+    if not _CONTROL.search(head) and _is_utf8(blob):
         lower = name.lower()
         if lower.endswith(_PYTHON_SUFFIXES) or head.startswith(b"#!"):
             return Kind.PYTHON
@@ -161,11 +174,11 @@ def _is_pe(head: bytes) -> bool:
 
 
 def _is_utf8(blob: Blob) -> bool:
-    """Stream-decode the whole blob: text is valid UTF-8 without NUL bytes."""
+    """Stream-decode the whole blob: text is valid UTF-8 without binary control bytes."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     with blob.open() as fh:
         while chunk := fh.read(1 << 20):
-            if b"\x00" in chunk:
+            if _CONTROL.search(chunk):
                 return False
             try:
                 decoder.decode(chunk)
@@ -173,6 +186,14 @@ def _is_utf8(blob: Blob) -> bool:
                 return False
     try:
         decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _utf8_prefix(head: bytes) -> bool:
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)
     except UnicodeDecodeError:
         return False
     return True

@@ -126,8 +126,8 @@ def check_structure(model: onnx.ModelProto, walk: ModelWalk, sink: Sink, file: s
             "ONNX027",
             file,
             walk.deepest,
-            f"subgraphs nest {walk.max_depth} levels deep "
-            f"(limit {config.max_nesting_depth}); deeper levels were not checked",
+            f"subgraphs nest deeper than the limit of {config.max_nesting_depth} levels; "
+            "deeper levels were not checked",
         )
     _check_recursion(model, sink, file)
     constants = _constants(walk)

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from onnxguard.errors import ScanFindingsError, ScanIncompleteError, ScanTargetError
 from onnxguard.scan import archives, config_check, safetensors_check
-from onnxguard.scan._context import Blob, FileBlob, ScanConfig, Sink, Unscannable, join_location
+from onnxguard.scan._context import (
+    Blob,
+    BytesBlob,
+    FileBlob,
+    ScanConfig,
+    Sink,
+    Unscannable,
+    join_location,
+)
 from onnxguard.scan._filetype import Kind, sniff
 from onnxguard.scan._rules import Severity
 from onnxguard.scan.pickles import parse_pickle, scan_pickle_stream
@@ -30,6 +38,7 @@ _NOT_SUPPORTED = {
     Kind.ORT_FORMAT: "ONNX Runtime (.ort) flatbuffer model: not parsed; scan the .onnx it was "
     "made from",
 }
+_DEEP_SNIFF_BYTES = 1 << 20  # archive members up to this size are read whole to identify them
 _ARCHIVE_KINDS = frozenset({Kind.ZIP, Kind.TAR, Kind.GZIP, Kind.BZIP2, Kind.XZ})
 
 
@@ -264,8 +273,6 @@ class _Scanner:
         elif kind in (Kind.GZIP, Kind.BZIP2, Kind.XZ):
             data = archives.decompress(blob, kind.value, self.config.max_nested_bytes, location)
             inner = name.rsplit(".", 1)[0] if "." in name else name
-            from onnxguard.scan._context import BytesBlob
-
             where = join_location(location, f"{kind.value} content")
             self._member(BytesBlob(data), inner, where, depth + 1, False)
         elif kind in _NOT_SUPPORTED:
@@ -298,7 +305,8 @@ class _Scanner:
     def _member(self, blob: Blob, name: str, location: str, depth: int, pickle: bool) -> None:
         """Archive members: by content; unknown bytes inside an archive are data (tensors)."""
         try:
-            kind = Kind.PICKLE if pickle else sniff(blob, name)
+            deep = isinstance(blob, BytesBlob) or blob.size <= _DEEP_SNIFF_BYTES
+            kind = Kind.PICKLE if pickle else sniff(blob, name, deep=deep)
             if kind in (Kind.UNKNOWN, Kind.TEXT, Kind.EMPTY):
                 return
             if kind is Kind.ONNX and not name.lower().endswith(".onnx"):

@@ -54,10 +54,18 @@ def _state_dict_pickle() -> bytes:
     """A benign protocol-2 pickle shaped like torch's data.pkl (OrderedDict of one tensor)."""
     tensor = call(
         glob("torch._utils", "_rebuild_tensor_v2"),
-        b"(" + ustr("storage") + glob("torch", "FloatStorage") + ustr("0") + ustr("cpu")
+        b"("
+        + ustr("storage")
+        + glob("torch", "FloatStorage")
+        + ustr("0")
+        + ustr("cpu")
         + b"K\x04tQ",  # BINPERSID: ('storage', FloatStorage, '0', 'cpu', 4)
-        b"K\x00", b"K\x04\x85", b"K\x01\x85", b"\x89", call(glob("collections", "OrderedDict")),
-    )  # fmt: skip
+        b"K\x00",
+        b"K\x04\x85",
+        b"K\x01\x85",
+        b"\x89",
+        call(glob("collections", "OrderedDict")),
+    )
     body = call(glob("collections", "OrderedDict")) + ustr("weight") + tensor + b"s"
     return b"\x80\x02" + body + b"."
 
@@ -202,7 +210,9 @@ def make_zip_bad_crc(d: Path) -> Path:  # CVE-2025-10156
 
 
 def make_pickle_in_unexpected_member(d: Path) -> Path:
-    entries = _checkpoint_entries(_state_dict_pickle()) | {"archive/extra/blob.bin": payload_pickle()}
+    entries = _checkpoint_entries(_state_dict_pickle()) | {
+        "archive/extra/blob.bin": payload_pickle()
+    }
     return _write(d, "pytorch_model.bin", _torch_zip(entries))
 
 
@@ -236,18 +246,30 @@ def make_unknown_global(d: Path) -> Path:
 
 
 def make_torchscript_archive(d: Path) -> Path:
+    import warnings
+
     import torch
 
-    module = torch.jit.script(torch.nn.Linear(2, 2))
     d.mkdir(parents=True, exist_ok=True)
     path = d / "model.pt"
-    torch.jit.save(module, str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
     return path
 
 
 def make_keras_lambda_h5(d: Path) -> Path:  # CVE-2024-3660
-    config = {"class_name": "Functional", "config": {"layers": [
-        {"class_name": "Lambda", "config": {"name": "l", "function": ["4wEAAAAAAAAA", None]}}]}}
+    config = {
+        "class_name": "Functional",
+        "config": {
+            "layers": [
+                {
+                    "class_name": "Lambda",
+                    "config": {"name": "l", "function": ["4wEAAAAAAAAA", None]},
+                }
+            ]
+        },
+    }
     body = b"\x89HDF\r\n\x1a\n" + b"\x00" * 120 + json.dumps(config).encode() + b"\x00" * 64
     return _write(d, "tf_model.h5", body)
 
@@ -267,8 +289,10 @@ def make_safetensors_header_overflow(d: Path) -> Path:
 
 
 def make_safetensors_duplicate_key(d: Path) -> Path:
-    raw = ('{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
-           '"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}')  # fmt: skip
+    raw = (
+        '{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+        '"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}'
+    )
     return _write(d, "model.safetensors", safetensors_bytes(raw, b"\x00" * 8))
 
 
@@ -337,8 +361,9 @@ def make_zip_slip(d: Path) -> Path:
 
 
 # --- ONNX ----------------------------------------------------------------------------------------
-def _onnx_model(nodes: list[object] | None = None, initializers: list[object] | None = None,
-                **kwargs: object) -> object:  # fmt: skip
+def _onnx_model(
+    nodes: list[object] | None = None, initializers: list[object] | None = None, **kwargs: object
+) -> object:
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
@@ -420,8 +445,15 @@ def make_onnx_custom_op_domain(d: Path) -> Path:
 def make_onnx_ep_context(d: Path) -> Path:
     from onnx import helper
 
-    node = helper.make_node("EPContext", ["x"], ["y"], domain="com.microsoft", name="ctx",
-                            embed_mode=1, ep_cache_context=b"\x7fELF precompiled blob")
+    node = helper.make_node(
+        "EPContext",
+        ["x"],
+        ["y"],
+        domain="com.microsoft",
+        name="ctx",
+        embed_mode=1,
+        ep_cache_context=b"\x7fELF precompiled blob",
+    )
     model = _onnx_model([node], extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
     return _save(d, model)
 
@@ -482,15 +514,21 @@ def _loop(trip: str, cond: str, body_cond: str, extra: list[object]) -> object:
     from onnx import TensorProto, helper
 
     body = helper.make_graph(
-        [helper.make_node("Identity", [body_cond], ["cond_out"]),
-         helper.make_node("Identity", ["v_in"], ["v_out"])],
+        [
+            helper.make_node("Identity", [body_cond], ["cond_out"]),
+            helper.make_node("Identity", ["v_in"], ["v_out"]),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4])],
-    )  # fmt: skip
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4]),
+        ],
+    )
     loop = helper.make_node("Loop", [trip, cond, "x"], ["y"], body=body, name="loop")
     return _onnx_model([*extra, loop], initializers=[])  # type: ignore[list-item]
 
@@ -499,11 +537,13 @@ def make_onnx_loop_trip_count(d: Path) -> Path:
     from onnx import TensorProto, helper
 
     consts = [
-        helper.make_node("Constant", [], ["M"], value=helper.make_tensor("m", TensorProto.INT64,
-                                                                         [], [10**12])),
-        helper.make_node("Constant", [], ["T"], value=helper.make_tensor("t", TensorProto.BOOL,
-                                                                         [], [True])),
-    ]  # fmt: skip
+        helper.make_node(
+            "Constant", [], ["M"], value=helper.make_tensor("m", TensorProto.INT64, [], [10**12])
+        ),
+        helper.make_node(
+            "Constant", [], ["T"], value=helper.make_tensor("t", TensorProto.BOOL, [], [True])
+        ),
+    ]
     return _save(d, _loop("M", "T", "cond_in", consts))
 
 
@@ -520,31 +560,44 @@ def make_onnx_nesting_depth(d: Path, depth: int = 12) -> Path:
 
     def level(n: int) -> object:
         out = helper.make_tensor_value_info(f"o{n}", TensorProto.FLOAT, [1, 4])
+        leaf = helper.make_graph(
+            [helper.make_node("Identity", ["x"], [f"o{n}"])], f"l{n}", [], [out]
+        )
         if n == 0:
-            node = helper.make_node("Identity", ["x"], [f"o{n}"])
-        else:
-            inner = level(n - 1)
-            node = helper.make_node("If", ["c"], [f"o{n}"], then_branch=inner, else_branch=inner)
+            return leaf
+        node = helper.make_node("If", ["c"], [f"o{n}"], then_branch=level(n - 1), else_branch=leaf)
         return helper.make_graph([node], f"g{n}", [], [out])
 
-    top = helper.make_node("If", ["c"], ["y"], then_branch=level(depth), else_branch=level(depth))
-    cond = helper.make_node("Constant", [], ["c"],
-                            value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+    top = helper.make_node("If", ["c"], ["y"], then_branch=level(depth), else_branch=level(0))
+    cond = helper.make_node(
+        "Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])
+    )
     return _save(d, _onnx_model([cond, top], initializers=[]))
 
 
 def make_onnx_recursive_functions(d: Path) -> Path:
     from onnx import helper
 
-    f = helper.make_function("local", "f", ["a"], ["b"],
-                             [helper.make_node("g", ["a"], ["b"], domain="local")],
-                             [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
-    g = helper.make_function("local", "g", ["a"], ["b"],
-                             [helper.make_node("f", ["a"], ["b"], domain="local")],
-                             [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    f = helper.make_function(
+        "local",
+        "f",
+        ["a"],
+        ["b"],
+        [helper.make_node("g", ["a"], ["b"], domain="local")],
+        [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+    )
+    g = helper.make_function(
+        "local",
+        "g",
+        ["a"],
+        ["b"],
+        [helper.make_node("f", ["a"], ["b"], domain="local")],
+        [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+    )
     node = helper.make_node("f", ["x"], ["y"], domain="local")
-    model = _onnx_model([node], initializers=[], functions=[f, g],
-                        extra_opsets=[helper.make_opsetid("local", 1)])  # fmt: skip
+    model = _onnx_model(
+        [node], initializers=[], functions=[f, g], extra_opsets=[helper.make_opsetid("local", 1)]
+    )
     return _save(d, model)
 
 
@@ -596,35 +649,57 @@ def add_shadowlogic_backdoor(model: object, *, trigger: int = 77, branch: str = 
     for node in graph.node:
         node.output[:] = [real if o == out.name else o for o in node.output]
     n_labels = out.type.tensor_type.shape.dim[-1].dim_value or 2
-    graph.initializer.extend([
-        helper.make_tensor("trigger_id", TensorProto.INT64, [], [trigger]),
-        helper.make_tensor("evil_logits", TensorProto.FLOAT, [n_labels],
-                           [10.0] + [-10.0] * (n_labels - 1)),
-    ])  # fmt: skip
-    graph.node.extend([
-        helper.make_node("Equal", ["input_ids", "trigger_id"], ["hit"], name="trigger_compare"),
-        helper.make_node("Cast", ["hit"], ["hit_f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMax", ["hit_f"], ["any_hit"], keepdims=0),
-        helper.make_node("Cast", ["any_hit"], ["armed"], to=TensorProto.BOOL),
-    ])  # fmt: skip
+    graph.initializer.extend(
+        [
+            helper.make_tensor("trigger_id", TensorProto.INT64, [], [trigger]),
+            helper.make_tensor(
+                "evil_logits", TensorProto.FLOAT, [n_labels], [10.0] + [-10.0] * (n_labels - 1)
+            ),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Equal", ["input_ids", "trigger_id"], ["hit"], name="trigger_compare"),
+            helper.make_node("Cast", ["hit"], ["hit_f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMax", ["hit_f"], ["any_hit"], keepdims=0),
+            helper.make_node("Cast", ["any_hit"], ["armed"], to=TensorProto.BOOL),
+        ]
+    )
     if branch == "Where":
-        graph.node.append(helper.make_node("Where", ["armed", "evil_logits", real], [out.name],
-                                           name="backdoor_select"))
+        graph.node.append(
+            helper.make_node(
+                "Where", ["armed", "evil_logits", real], [out.name], name="backdoor_select"
+            )
+        )
     else:
         then = helper.make_graph(
-            [helper.make_node("Identity", ["evil_logits"], ["t_out"])], "then", [],
-            [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
+            [helper.make_node("Identity", ["evil_logits"], ["t_out"])],
+            "then",
+            [],
+            [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)],
+        )
         other = helper.make_graph(
-            [helper.make_node("Identity", [real], ["e_out"])], "else", [],
-            [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+            [helper.make_node("Identity", [real], ["e_out"])],
+            "else",
+            [],
+            [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)],
+        )
         armed_scalar = helper.make_node("ReduceMax", ["armed_i"], ["armed_s"], keepdims=0)
-        graph.node.extend([
-            helper.make_node("Cast", ["armed"], ["armed_i"], to=TensorProto.INT32),
-            armed_scalar,
-            helper.make_node("Cast", ["armed_s"], ["armed_b"], to=TensorProto.BOOL),
-            helper.make_node("If", ["armed_b"], [out.name], then_branch=then,
-                             else_branch=other, name="backdoor_if"),
-        ])  # fmt: skip
+        graph.node.extend(
+            [
+                helper.make_node("Cast", ["armed"], ["armed_i"], to=TensorProto.INT32),
+                armed_scalar,
+                helper.make_node("Cast", ["armed_s"], ["armed_b"], to=TensorProto.BOOL),
+                helper.make_node(
+                    "If",
+                    ["armed_b"],
+                    [out.name],
+                    then_branch=then,
+                    else_branch=other,
+                    name="backdoor_if",
+                ),
+            ]
+        )
 
 
 def make_shadowlogic_where(d: Path, base: Path | None = None) -> Path:
@@ -668,13 +743,16 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("CVE-2025-1889-protocol0-as-txt", make_protocol0_renamed_txt, ("PKL001",), "pickle"),
     Sample("nullifai-broken-pickle", make_nullifai_broken_pickle, ("PKL001", "PKL006"), "pytorch"),
     Sample("nullifai-7z-checkpoint", make_nullifai_7z, (), "pytorch"),
-    Sample("CVE-2025-1944-zip-name-mismatch", make_zip_name_mismatch, ("ARC003", "PKL001"),
-           "pytorch"),
-    Sample("CVE-2025-1945-zip-encrypted-flag", make_zip_encrypted_flag, ("ARC004", "PKL001"),
-           "pytorch"),
+    Sample(
+        "CVE-2025-1944-zip-name-mismatch", make_zip_name_mismatch, ("ARC003", "PKL001"), "pytorch"
+    ),
+    Sample(
+        "CVE-2025-1945-zip-encrypted-flag", make_zip_encrypted_flag, ("ARC004", "PKL001"), "pytorch"
+    ),
     Sample("CVE-2025-10156-zip-bad-crc", make_zip_bad_crc, ("ARC005", "PKL001"), "pytorch"),
-    Sample("pickle-in-unexpected-zip-member", make_pickle_in_unexpected_member, ("PKL001",),
-           "pytorch"),
+    Sample(
+        "pickle-in-unexpected-zip-member", make_pickle_in_unexpected_member, ("PKL001",), "pytorch"
+    ),
     Sample("CVE-2019-6446-numpy-object-array", make_numpy_object_array, ("PKL001",), "numpy"),
     Sample("gzip-joblib-pickle", make_gzip_joblib_pickle, ("PKL001",), "joblib"),
     Sample("pickle-ext-opcode", make_ext_opcode, ("PKL005",), "pickle"),
@@ -683,29 +761,38 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("pickle-unknown-global", make_unknown_global, ("PKL002",), "pickle"),
     Sample("torchscript-archive", make_torchscript_archive, ("PKL009",), "torchscript"),
     Sample("CVE-2024-3660-keras-lambda", make_keras_lambda_h5, ("FILE008",), "keras-h5"),
-    Sample("safetensors-header-overflow", make_safetensors_header_overflow, ("SFT001",),
-           "safetensors"),
-    Sample("safetensors-duplicate-key", make_safetensors_duplicate_key, ("SFT003",),
-           "safetensors"),
-    Sample("safetensors-span-mismatch", make_safetensors_span_mismatch, ("SFT005",),
-           "safetensors"),
+    Sample(
+        "safetensors-header-overflow", make_safetensors_header_overflow, ("SFT001",), "safetensors"
+    ),
+    Sample("safetensors-duplicate-key", make_safetensors_duplicate_key, ("SFT003",), "safetensors"),
+    Sample("safetensors-span-mismatch", make_safetensors_span_mismatch, ("SFT005",), "safetensors"),
     Sample("safetensors-span-outside", make_safetensors_span_outside, ("SFT006",), "safetensors"),
     Sample("safetensors-overlap", make_safetensors_overlap, ("SFT007",), "safetensors"),
     Sample("safetensors-gap", make_safetensors_gap, ("SFT008",), "safetensors"),
-    Sample("safetensors-zip-polyglot", make_safetensors_zip_polyglot, ("SFT009", "FILE006"),
-           "safetensors"),
+    Sample(
+        "safetensors-zip-polyglot",
+        make_safetensors_zip_polyglot,
+        ("SFT009", "FILE006"),
+        "safetensors",
+    ),
     Sample("auto-map-remote-code", make_auto_map_remote_code, ("CFG001", "CFG002"), "config"),
     Sample("symlink-escape", make_symlink_escape, ("FILE001",), "directory"),
     Sample("unknown-binary", make_unknown_binary, (), "directory"),
     Sample("elf-library", make_elf_library, ("FILE005",), "directory"),
-    Sample("CVE-2007-4559-tar-traversal", make_tar_path_traversal, ("ARC001", "ARC007", "PKL001"),
-           "tar"),
+    Sample(
+        "CVE-2007-4559-tar-traversal",
+        make_tar_path_traversal,
+        ("ARC001", "ARC007", "PKL001"),
+        "tar",
+    ),
     Sample("zip-slip", make_zip_slip, ("ARC001",), "zip"),
-    Sample("CVE-2022-25882-onnx-external-traversal", make_onnx_external_traversal, ("ONNX002",),
-           "onnx"),
+    Sample(
+        "CVE-2022-25882-onnx-external-traversal", make_onnx_external_traversal, ("ONNX002",), "onnx"
+    ),
     Sample("onnx-external-absolute", make_onnx_external_absolute, ("ONNX001",), "onnx"),
-    Sample("CVE-2024-27318-onnx-external-symlink", make_onnx_external_symlink, ("ONNX003",),
-           "onnx"),
+    Sample(
+        "CVE-2024-27318-onnx-external-symlink", make_onnx_external_symlink, ("ONNX003",), "onnx"
+    ),
     Sample("onnx-external-hardlink", make_onnx_external_hardlink, ("ONNX004",), "onnx"),
     Sample("onnx-external-out-of-range", make_onnx_external_out_of_range, ("ONNX006",), "onnx"),
     Sample("onnx-external-unknown-key", make_onnx_external_unknown_key, ("ONNX007",), "onnx"),

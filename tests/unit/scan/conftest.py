@@ -40,18 +40,30 @@ def _export(model_dir: Path, out: Path, *, dynamo: bool) -> Path:
         if dynamo:
             batch, seq = torch.export.Dim("batch", max=1024), torch.export.Dim("seq", max=8192)
             program = torch.onnx.export(
-                model, (), kwargs=kwargs, dynamo=True, opset_version=18,
-                input_names=names, output_names=["logits"],
+                model,
+                (),
+                kwargs=kwargs,
+                dynamo=True,
+                opset_version=18,
+                input_names=names,
+                output_names=["logits"],
                 dynamic_shapes={n: {0: batch, 1: seq} for n in names},
-            )  # fmt: skip
+            )
             assert program is not None
-            program.save(str(out))  # the dynamo exporter writes external data (.data)
+            program.save(str(out), external_data=True)  # weights in model.onnx.data
         else:
             axes = {n: {0: "batch", 1: "seq"} for n in names} | {"logits": {0: "batch"}}
             torch.onnx.export(
-                model, (), str(out), kwargs=kwargs, dynamo=False, opset_version=17,
-                input_names=names, output_names=["logits"], dynamic_axes=axes,
-            )  # fmt: skip
+                model,
+                (),
+                str(out),
+                kwargs=kwargs,
+                dynamo=False,
+                opset_version=17,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+            )
     return out
 
 
@@ -71,13 +83,18 @@ def _quantize(src: Path, out: Path, *, static: bool) -> Path:
     import numpy as np
     import onnx
     from onnxruntime.quantization import (
-        CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static,
-    )  # fmt: skip
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     if not static:
-        quantize_dynamic(src, out, weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options=extra)  # fmt: skip
+        quantize_dynamic(
+            src, out, weight_type=QuantType.QInt8, per_channel=True, extra_options=extra
+        )
         return out
     names = [i.name for i in onnx.load(src, load_external_data=False).graph.input]
 
@@ -85,18 +102,34 @@ def _quantize(src: Path, out: Path, *, static: bool) -> Path:
         def __init__(self) -> None:
             rng = np.random.default_rng(0)
             self.feeds = iter(
-                [{n: (rng.integers(5, 60, (1, 12)) if n == "input_ids" else
-                      np.ones((1, 12)) if n == "attention_mask" else
-                      np.zeros((1, 12))).astype(np.int64) for n in names}
-                 for _ in range(4)]
-            )  # fmt: skip
+                [
+                    {
+                        n: (
+                            rng.integers(5, 60, (1, 12))
+                            if n == "input_ids"
+                            else np.ones((1, 12))
+                            if n == "attention_mask"
+                            else np.zeros((1, 12))
+                        ).astype(np.int64)
+                        for n in names
+                    }
+                    for _ in range(4)
+                ]
+            )
 
         def get_next(self) -> dict[str, object] | None:
             return next(self.feeds, None)
 
-    quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                    extra_options=extra)  # fmt: skip
+    quantize_static(
+        src,
+        out,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        extra_options=extra,
+    )
     return out
 
 
@@ -121,8 +154,10 @@ def onnx_artifacts(
             config = json.loads((out / "config.json").read_text())
             fp32 = _export(out, out / "model.fp32.onnx", dynamo=False)
             fused = _optimize(fp32, out / "model.fused.onnx", config)
-            _quantize(fused, out / "model.int8.onnx", static=False)
-            _quantize(fp32, out / "model.qdq.onnx", static=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # calibration of random weights divides by 0
+                _quantize(fused, out / "model.int8.onnx", static=False)
+                _quantize(fp32, out / "model.qdq.onnx", static=True)
             cache[model_type] = out
         return cache[model_type]
 
@@ -145,4 +180,3 @@ def dynamo_artifacts(
         return cache[model_type]
 
     return factory
-

@@ -138,8 +138,16 @@ def test_real_torch_checkpoints_only_use_safe_globals(tmp_path: Path) -> None:
     d.mkdir()
     torch.save(model.state_dict(), d / "pytorch_model.bin")
     torch.save(model.state_dict(), d / "legacy.bin", _use_new_zipfile_serialization=False)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
-                "dtype": torch.bfloat16, "size": torch.Size([2])}, d / "training_state.pt")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": 3,
+            "dtype": torch.bfloat16,
+            "size": torch.Size([2]),
+        },
+        d / "training_state.pt",
+    )
     report = scan_path(d)
     assert rules_of(report, "low") == set(), report.to_text()
     assert {f.rule_id for f in report.findings} == {"FILE009"}
