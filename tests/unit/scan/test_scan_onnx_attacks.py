@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from onnxguard.scan import ScanConfig, ScanReport, Severity, scan_path
-from unit.scan import attack_samples as samples
+from unit.scan import onnx_samples as samples
 from unit.scan._helpers import finding, rules_of
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from onnxguard.scan import ScanReport, Severity, is_pickle_file, scan_path
-from onnxguard.scan.pickles import is_dangerous_global, is_safe_global, parse_pickle
+from onnxguard.scan._pickle_policy import is_dangerous_global, is_safe_global
+from onnxguard.scan.pickles import parse_pickle
 from unit.scan import attack_samples as samples
 from unit.scan._helpers import finding, rules_of
 
