@@ -94,6 +94,9 @@ def build_command(
     sign_key: Path | None = typer.Option(
         None, "--sign-key", help="Sign the bundle with this EC private key (PEM) before it is "
         "published (see `onnxguard keygen`)."),
+    scan_fail_on: str = typer.Option(
+        "high", "--fail-on", help="Scan severity that stops the build: critical | high | "
+        "medium | low | info."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty OUT."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ) -> None:
@@ -114,7 +117,7 @@ def build_command(
         tolerance=Tolerance(fp32_atol=fp32_atol, min_agreement=min_agreement,
                             min_cosine=min_cosine, min_speedup=min_speedup),
         max_length=max_length, opset=opset, force=force, allow_pickle=allow_pickle, name=name,
-        sign_key=sign_key,
+        sign_key=sign_key, scan_fail_on=scan_fail_on,
     )
     progress_console = Console(stderr=True)
 

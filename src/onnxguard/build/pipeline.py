@@ -77,6 +77,7 @@ class BuildConfig:
     allow_pickle: bool = False
     sign_key: Path | None = None
     name: str | None = None
+    scan_fail_on: str = "high"
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ def build_bundle(config: BuildConfig, progress: Progress | None = None) -> Build
     source = resolve_source(config.source, revision=config.revision,
                             allow_pickle=config.allow_pickle)
     timer.done("resolve", f"{source.kind} {source.id}")
+    source_scan = _scan(source.path, config, source.kind == "hub")
+    timer.done("scan", f"source: {_scan_line(source_scan)}")
     model_config = source.config
     spec = architecture_for(model_config)
     task = parse_task(config.task) if config.task else detect_task(source.path, model_config)
@@ -217,8 +220,13 @@ def build_bundle(config: BuildConfig, progress: Progress | None = None) -> Build
         manifest = replace(manifest, files=file_entries(
             staged, [p.name for p in staged.iterdir() if p.is_file()]
         ))
+        bundle_scan = _scan(staged, config, False)
+        manifest = replace(manifest, stages=manifest.stages | {"scan": {
+            "source": source_scan.summary(), "bundle": bundle_scan.summary(),
+            "fail_on": config.scan_fail_on,
+        }})
         write_manifest(staged, manifest)
-        timer.done("bundle", f"{len(manifest.files)} files")
+        timer.done("bundle", f"{len(manifest.files)} files; scan: {_scan_line(bundle_scan)}")
         if config.sign_key is not None:
             from onnxguard.integrity.signing import sign_bundle
 
@@ -226,6 +234,24 @@ def build_bundle(config: BuildConfig, progress: Progress | None = None) -> Build
             timer.done("sign", f"model.sig with {config.sign_key.name}")
         publish(staged, out, force=config.force)
     return BuildResult(out, manifest, timer.seconds, time.perf_counter() - started)
+
+
+def _scan(path: Path, config: BuildConfig, hub_cache: bool) -> Any:
+    """Scan before anything is loaded (source) or published (bundle); fail closed."""
+    from onnxguard.scan import ScanConfig, enforce, scan_path
+
+    # A Hugging Face cache snapshot is a tree of symlinks into its own blobs/ directory.
+    roots = (path.parent.parent / "blobs",) if hub_cache else ()
+    report = scan_path(path, ScanConfig(fail_on=config.scan_fail_on,
+                                        allowed_symlink_roots=roots))
+    enforce(report, config.scan_fail_on)
+    return report
+
+
+def _scan_line(report: Any) -> str:
+    summary = report.summary()
+    found = ", ".join(f"{k} {v}" for k, v in summary["findings"].items() if v) or "no findings"
+    return f"{summary.get('files_scanned', '?')} files, {found}"
 
 
 def _reference(

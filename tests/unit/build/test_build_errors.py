@@ -21,6 +21,8 @@ from onnxguard.errors import (
     DiskFullError,
     MissingTokenizerError,
     OutputExistsError,
+    ScanFindingsError,
+    ScanIncompleteError,
     SourceNotFoundError,
     UnsafeFormatError,
     UnsupportedModelError,
@@ -85,10 +87,29 @@ def test_corrupt_weights(tiny_model_factory: Callable[..., Path], tmp_path: Path
     weights = model / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 64)
-    with pytest.raises(CorruptWeightsError) as info:
+    # The source scan runs before anything is loaded, so damaged weights stop the build there
+    # (a lying header and a truncated download look the same to a fail-closed scanner).
+    expected = ScanFindingsError if damage == "truncated" else ScanIncompleteError
+    with pytest.raises(expected) as info:
         build_bundle(BuildConfig(out=tmp_path / "out", source=str(model), **FAST))
-    assert "corrupt" in info.value.message or "truncated" in info.value.message
+    assert "model.safetensors" in info.value.message and info.value.hint
+    assert info.value.exit_code == 6
     assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_corrupt_weights_caught_by_loader_too(tiny_model_factory: Callable[..., Path],
+                                              tmp_path: Path) -> None:
+    """Defence in depth: the loader's own header check, independent of the scanner."""
+    from onnxguard.build.export import check_safetensors
+
+    model = _copy_model(tiny_model_factory, tmp_path)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CorruptWeightsError) as info:
+        check_safetensors(weights)
+    assert "corrupt or truncated" in info.value.message
+
     assert _leftovers(tmp_path) == []
 
 
