@@ -272,13 +272,16 @@ def _body_keeps_condition(body: onnx.GraphProto, constants: dict[str, onnx.Tenso
 
 # --- resource bounds -----------------------------------------------------------------------------
 def check_resources(model: onnx.ModelProto, sink: Sink, file: str) -> None:
-    """Measure every inferred tensor shape against ``max_tensor_elements``."""
+    """Measure every inferred tensor shape against ``max_tensor_elements``.
+
+    Drops the model's large float weights (see ``_drop_weights``): run it after the tensor checks.
+    """
     import onnx
 
     limit = sink.config.max_tensor_elements
     try:
         inferred = onnx.shape_inference.infer_shapes(
-            _without_weights(model), check_type=False, strict_mode=False, data_prop=True
+            _drop_weights(model), check_type=False, strict_mode=False, data_prop=True
         )
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError,
             RuntimeError) as exc:  # fmt: skip
@@ -305,17 +308,16 @@ def check_resources(model: onnx.ModelProto, sink: Sink, file: str) -> None:
             )
 
 
-def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without large float weights: inference only needs their dims and integer data."""
-    import onnx
+def _drop_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Clear large float weights *in place* (inference only needs their dims and integer data).
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for tensor in copy.graph.initializer:
+    Called after the tensor checks are done, on the scanner's own copy of the model: copying a
+    90 MB model just to drop its weights would double the memory the scan needs.
+    """
+    for tensor in model.graph.initializer:
         if tensor.data_type in (1, 10, 11, 16) and len(tensor.raw_data) > 4096:
             tensor.ClearField("raw_data")
-            tensor.data_location = 0
-    return copy
+    return model
 
 
 def _static_elements(value: onnx.ValueInfoProto) -> int | None:

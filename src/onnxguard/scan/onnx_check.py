@@ -174,8 +174,8 @@ def scan_onnx(path: Path, size: int, sink: Sink, file: str, model_dir: Path) -> 
     _onnx_graph.check_structure(model, walk, sink, file)
     _onnx_graph.check_resources(model, sink, file)
     _onnx_graph.check_backdoor(model.graph, sink, file)
-    if not ext_problem:
-        _run_checker(model, path if ext_files else None, sink, file)
+    if not ext_problem:  # the checker would stat escaping locations itself
+        _run_checker(path, sink, file)
     return ext_files
 
 
@@ -464,15 +464,13 @@ def _check_metadata(model: onnx.ModelProto, sink: Sink, file: str) -> None:
             )
 
 
-def _run_checker(model: onnx.ModelProto, path: Path | None, sink: Sink, file: str) -> None:
-    """``onnx.checker`` full check; with external data, from the path so files are resolved."""
+def _run_checker(path: Path, sink: Sink, file: str) -> None:
+    """``onnx.checker`` full check, from the path: external data is resolved next to the model
+    and the model is parsed in C++ rather than re-serialised from Python."""
     import onnx
 
     try:
-        if path is not None:
-            onnx.checker.check_model(str(path), full_check=True)
-        else:
-            onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         sink.add("ONNX032", file, "", first[:400])

@@ -164,6 +164,27 @@ def make_onnx_expand_bomb(d: Path) -> Path:
     return _save(d, _onnx_model(nodes, initializers=[tail]))
 
 
+def make_onnx_range_tile_bomb(d: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    def scalar(name: str, value: int) -> object:
+        return helper.make_node(
+            "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [], [value])
+        )
+
+    reps = helper.make_tensor("reps", TensorProto.INT64, [2], [1, 1 << 33])
+    nodes = [
+        scalar("start", 0),
+        scalar("limit", 1 << 34),
+        scalar("delta", 1),
+        helper.make_node("Range", ["start", "limit", "delta"], ["r"], name="range_bomb"),
+        helper.make_node("Tile", ["x", "reps"], ["tiled"], name="tile_bomb"),
+        helper.make_node("ReduceMax", ["tiled"], ["m"], keepdims=0),
+        helper.make_node("Add", ["x", "m"], ["y"]),
+    ]
+    return _save(d, _onnx_model(nodes, initializers=[reps]))
+
+
 def _loop(trip: str, cond: str, body_cond: str, extra: list[object]) -> object:
     from onnx import TensorProto, helper
 

@@ -92,6 +92,13 @@ def test_expand_bomb_through_shape_data_propagation(tmp_path: Path) -> None:
     assert "node 'bomb'" in hit.location
 
 
+def test_range_and_tile_bombs(tmp_path: Path) -> None:
+    report = _scan(samples.make_onnx_range_tile_bomb, tmp_path)
+    flagged = {f.location for f in report.findings if f.rule_id == "ONNX024"}
+    assert any("range_bomb" in loc for loc in flagged), report.to_text()
+    assert any("tile_bomb" in loc for loc in flagged), report.to_text()
+
+
 def test_loop_trip_count_cpu_bomb(tmp_path: Path) -> None:
     hit = finding(_scan(samples.make_onnx_loop_trip_count, tmp_path), "ONNX025")
     assert "1,000,000,000,000" in hit.message
