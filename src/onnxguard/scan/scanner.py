@@ -172,20 +172,22 @@ class _Scanner:
                 kinds[rel] = sniff(blob, full.name)
             except (OSError, Unscannable) as exc:
                 self.sink.skip(rel, f"cannot read: {exc}")
-        external: set[Path] = set()
-        for rel, full, st in regular:
-            if kinds.get(rel) is Kind.ONNX:
-                external |= self._onnx(rel, full, st.st_size)
-        external_resolved = {os.path.realpath(p) for p in external}
+        # Models named *.onnx first: raw weights can look like a protobuf by chance.
+        candidates = [e for e in regular if kinds.get(e[0]) is Kind.ONNX]
+        candidates.sort(key=lambda e: not e[0].lower().endswith(".onnx"))
+        external: set[str] = set()
+        for rel, full, st in candidates:
+            if os.path.realpath(full) not in external:
+                external |= {os.path.realpath(p) for p in self._onnx(rel, full, st.st_size)}
         for rel, full, st in regular:
             kind = kinds.get(rel)
-            if kind is None or kind is Kind.ONNX:
+            if kind is None:
                 continue
             blob = FileBlob(full, st.st_size)
-            if os.path.realpath(full) in external_resolved and not self._loadable(kind, blob):
+            if os.path.realpath(full) in external and not self._loadable(kind, blob):
                 self.sink.files.append(ScannedFile(rel, "onnx-external-data", st.st_size))
-                continue
-            self.scan_file(rel, blob, kind)
+            elif kind is not Kind.ONNX:
+                self.scan_file(rel, blob, kind)
 
     def _symlink(self, rel: str, full: Path) -> Path | None:
         """Report a link; return the target when it may be scanned under the link's name."""
@@ -219,13 +221,16 @@ class _Scanner:
 
     def _loadable(self, kind: Kind, blob: Blob) -> bool:
         """Is an ONNX data file also something a loader would open as a model format?"""
-        if kind in (Kind.UNKNOWN, Kind.TEXT, Kind.EMPTY):
+        if kind in (Kind.UNKNOWN, Kind.TEXT, Kind.EMPTY, Kind.ONNX):
             return False
         if kind is Kind.PICKLE:
-            from onnxguard.scan.pickles import _Problems
+            from onnxguard.scan.pickles import _Problems, _TooLong
 
             with blob.open() as fh:
-                result = parse_pickle(fh, blob.size, _Problems(), max_opcodes=100_000)
+                try:
+                    result = parse_pickle(fh, blob.size, _Problems(), max_opcodes=100_000)
+                except _TooLong:
+                    return True
             return result.complete or bool(result.globals)
         return True
 

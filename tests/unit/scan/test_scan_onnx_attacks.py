@@ -182,3 +182,29 @@ def test_onnx_file_scanned_alone_resolves_external_data_next_to_it(
     assert rules_of(report, "medium") == set(), report.to_text()
     (tmp_path / "m" / "model.onnx.data").unlink()
     assert "ONNX005" in rules_of(scan_path(tmp_path / "m" / "model.onnx"))
+
+
+@pytest.mark.parametrize("prefix", [b"\x08\x07\x12\x01", b"\x80\x02\x8a\x01", b"\x1a\x00\x00\x00"])
+def test_external_weights_that_happen_to_look_like_protobuf_or_pickle_are_data(
+    tmp_path: Path, prefix: bytes
+) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "weights.bin").write_bytes(prefix + b"\x00" * 12)  # 4 float32 weights
+    samples._save(d, samples._onnx_model(initializers=[samples._external("weights.bin")]))
+    report = scan_path(d)
+    assert report.findings == () and report.unscanned == (), report.to_text()
+    assert report.kind_of("weights.bin") == "onnx-external-data"
+
+
+def test_external_data_file_that_is_a_real_pickle_is_still_scanned(tmp_path: Path) -> None:
+    from unit.scan.attack_samples import payload_pickle
+
+    d = tmp_path / "m"
+    d.mkdir()
+    data = payload_pickle()
+    (d / "pytorch_model.bin").write_bytes(data)
+    tensor = samples._external("pytorch_model.bin", length=len(data) - len(data) % 4)
+    tensor.dims[:] = [(len(data) - len(data) % 4) // 4]
+    samples._save(d, samples._onnx_model(initializers=[tensor]))
+    assert "PKL001" in rules_of(scan_path(d))  # referencing a pickle does not hide it
