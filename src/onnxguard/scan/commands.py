@@ -66,9 +66,12 @@ def scan_command(
         help="Follow links into this directory (e.g. a Hugging Face cache's blobs/).",
     ),
 ) -> None:
-    """Scan a model directory or file for supply-chain attacks (pickle code execution, lying
-    safetensors headers, remote code, ONNX external-data escapes, custom ops, resource
-    exhaustion, backdoor triggers).  Exit 0 clean, 1 findings, 2 unscanned."""
+    """Scan a model directory or file for supply-chain attacks; exit 0 clean, 1 findings.
+
+    Exit 2 when something could not be scanned (never a silent pass).  Checks pickles for code execution, safetensors headers that lie, remote code in configs,
+    archives, and ONNX graphs for external-data escapes, custom ops, resource exhaustion and
+    backdoor triggers.  Every file is identified by content; nothing is loaded or run.
+    """
     config = ScanConfig(
         fail_on=fail_on.value,
         max_tensor_elements=max_tensor_elements,
