@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
@@ -194,12 +194,14 @@ def create_app(
 
 def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> None:
     @app.post("/v1/classify", tags=["v1"], summary="Classify texts (labels and scores)",
-              response_model=None, responses={200: {"model": ClassifyResponse}, **_ERRORS})
-    async def classify(body: TextsRequest, request: Request) -> Response:
+              response_model=None, responses={200: {"model": ClassifyResponse}, **_ERRORS},
+              openapi_extra=_TEXTS_BODY)
+    async def classify(request: Request) -> Response:
+        texts = await _read_texts(request)
         engine = service.engine
         if engine.task is Task.FEATURE_EXTRACTION:
             raise ApiError(400, "this model computes embeddings: use POST /v1/embed")
-        inference = await service.infer(body.texts, context_of(request.scope))
+        inference = await service.infer(texts, context_of(request.scope))
         if engine.task is Task.TOKEN_CLASSIFICATION:
             results = [engine.postprocess_tokens(row, enc)
                        for row, enc in zip(inference.rows, inference.encodings, strict=True)]
@@ -208,12 +210,14 @@ def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> Non
         return json_response({"model": service.model_name, "results": results})
 
     @app.post("/v1/embed", tags=["v1"], summary="Embed texts (one vector per text)",
-              response_model=None, responses={200: {"model": EmbedResponse}, **_ERRORS})
-    async def embed(body: TextsRequest, request: Request) -> Response:
+              response_model=None, responses={200: {"model": EmbedResponse}, **_ERRORS},
+              openapi_extra=_TEXTS_BODY)
+    async def embed(request: Request) -> Response:
+        texts = await _read_texts(request)
         engine = service.engine
         if engine.task is not Task.FEATURE_EXTRACTION:
             raise ApiError(400, f"this model is {engine.task.value}: use POST /v1/classify")
-        inference = await service.infer(body.texts, context_of(request.scope))
+        inference = await service.infer(texts, context_of(request.scope))
         vectors = np.stack(inference.rows).astype(np.float64)
         return json_response({"model": service.model_name, "dimensions": int(vectors.shape[1]),
                               "embeddings": vectors.tolist()})
@@ -222,6 +226,42 @@ def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> Non
              response_model=None, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
+# The body is parsed and validated by pydantic-core in one pass (``validate_json``) rather than
+# through FastAPI's dependency machinery: the same strict schema, a fraction of the CPU per
+# request.  The schema is still published in the OpenAPI document.
+_TEXTS_ADAPTER = TypeAdapter(TextsRequest)
+_TEXTS_BODY: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": TextsRequest.model_json_schema()}}},
+}
+
+
+async def _read_texts(request: Request) -> list[str]:
+    """The ``texts`` of a JSON body: 415 unless JSON, 400 if malformed, 422 if off-schema."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/")
+                                            and media.endswith("+json")):
+        raise ApiError(415, "Content-Type must be application/json")
+    body = await request.body()
+    try:
+        parsed = _TEXTS_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        if any(e.get("type") == "json_invalid" for e in errors):
+            raise ApiError(400, "request body is not valid JSON") from None
+        raise ApiError(422, _describe(errors)) from None
+    return parsed.texts
+
+
+def _describe(errors: Sequence[Any]) -> str:
+    """A short message from pydantic errors: where and what, never the input itself."""
+    parts = []
+    for error in list(errors)[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -237,11 +277,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "request body is not valid JSON")
-        parts = []
-        for error in errors[:3]:
-            where = ".".join(str(p) for p in error.get("loc", ())[1:]) or "body"
-            parts.append(f"{where}: {error.get('msg', 'invalid')}")
-        return error_response(422, "; ".join(parts) or "invalid request")
+        return error_response(422, _describe(errors))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -82,7 +82,7 @@ def utc_now() -> str:
 # --- writer --------------------------------------------------------------------------------------
 @dataclass
 class _Pending:
-    fields: dict[str, Any]
+    records: list[dict[str, Any]]
     done: Callable[[BaseException | None], None]
 
 
@@ -103,6 +103,8 @@ class AuditLog:
         self._seq = -1
         self._prev = GENESIS
         self._failed: BaseException | None = None
+        self._groups: dict[asyncio.AbstractEventLoop, list[tuple[dict[str, Any],
+                                                                  asyncio.Future[None]]]] = {}
         self.records_written = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -138,7 +140,7 @@ class AuditLog:
         if self._thread is None:
             return
         if self._failed is None:
-            self._queue.put(_Pending({"type": "stop"}, lambda exc: None))
+            self._queue.put(_Pending([{"type": "stop"}], lambda exc: None))
         self._queue.put(_STOP)
         self._thread.join()
         self._thread = None
@@ -152,16 +154,30 @@ class AuditLog:
 
     # --- appending -----------------------------------------------------------------------------
     async def append(self, fields: dict[str, Any]) -> None:
-        """Queue a request record and wait until it is on disk (raises AuditLogError)."""
+        """Queue a request record and wait until it is on disk (raises AuditLogError).
+
+        Records appended in the same event-loop turn travel to the writer thread together
+        (one hand-off, one write, one fsync for the group).
+        """
         self._check_writable()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
+        group = self._groups.setdefault(loop, [])
+        group.append(({"type": "request", **fields}, future))
+        if len(group) == 1:
+            loop.call_soon(self._hand_over, loop)
+        await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        group = self._groups.pop(loop, [])
+        if not group:
+            return
+        futures = [future for _, future in group]
 
         def done(exc: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, exc)
+            loop.call_soon_threadsafe(_settle, futures, exc)
 
-        self._queue.put(_Pending({"type": "request", **fields}, done))
-        await future
+        self._queue.put(_Pending([record for record, _ in group], done))
 
     def append_sync(self, fields: dict[str, Any]) -> None:
         """Blocking variant of :meth:`append` (for threads and tests)."""
@@ -174,7 +190,7 @@ class AuditLog:
                 errors.append(exc)
             event.set()
 
-        self._queue.put(_Pending({"type": "request", **fields}, done))
+        self._queue.put(_Pending([{"type": "request", **fields}], done))
         event.wait()
         if errors:
             raise errors[0]
@@ -216,15 +232,14 @@ class AuditLog:
             try:
                 lines: list[bytes] = []
                 pending_size = 0
-                for item in batch:
+                for record in (r for item in batch for r in item.records):
                     # Rotate once the live file has reached max_bytes (it may pass it by one
                     # record); a clean stop always goes into the file it closes.
-                    if self._size + pending_size >= self.max_bytes and \
-                            item.fields["type"] != "stop":
+                    if self._size + pending_size >= self.max_bytes and record["type"] != "stop":
                         self._write_now(lines)
                         lines, pending_size = [], 0
                         self._rotate()
-                    line = self._seal(item.fields)
+                    line = self._seal(record)
                     lines.append(line)
                     pending_size += len(line)
                 self._write_now(lines)
@@ -280,13 +295,14 @@ class AuditLog:
         _fsync_dir(self.path.parent)
 
 
-def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is None:
-        future.set_result(None)
-    else:
-        future.set_exception(exc)
+def _settle(futures: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -12,8 +12,8 @@ the next call, which starts at once.
 
 Back-pressure: when the queue holds ``queue_size`` texts a new request is refused at once (503)
 instead of waiting behind a backlog it cannot get through; each request also has a deadline
-(504).  Tokenization runs in a small thread pool (the Rust tokenizer releases the GIL), never on
-the event loop.
+(504).  Tokenization runs in the worker thread, one call for all new arrivals (the Rust tokenizer
+releases the GIL), never on the event loop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,19 +50,38 @@ class InferenceFailedError(ServeError):
     """ONNX Runtime raised while running a batch (HTTP 500; a bug or a broken model)."""
 
 
+class TokenLimitError(ServeError):
+    """A request's texts tokenize to more tokens than allowed (HTTP 413)."""
+
+
 class BatchEngine(Protocol):
     """What the batcher needs from :class:`onnxguard.runtime.Engine`."""
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        ...
 
     def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray:
         ...
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's texts after the model, in input order."""
+
+    encodings: list[Encoding]
+    rows: list[np.ndarray]
+    """Raw output per text (token-level outputs cut to the text's token count)."""
+
+
 @dataclass(eq=False)
 class _Request:
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[np.ndarray]]
+    future: asyncio.Future[BatchResult]
+    texts: Sequence[str]
+    enqueued: float
     results: list[Any]
     remaining: int
+    encodings: list[Encoding] = field(default_factory=list)
     cancelled: bool = False
     error: BaseException | None = None
 
@@ -79,15 +97,23 @@ class _Item:
 
 
 class Batcher:
-    """The queue and its worker thread(s); ``run`` is called from the event loop."""
+    """The queue and its worker thread(s); ``run`` is called from the event loop.
+
+    A worker first tokenizes whatever arrived (one ``encode_batch`` call for all new requests;
+    the Rust tokenizer releases the GIL), then forms and runs batches.  All the event loop does
+    is append to a list under a lock and await a future.
+    """
 
     def __init__(self, engine: BatchEngine, settings: BatchSettings, *,
-                 per_token_output: bool = False, metrics: ServeMetrics | None = None) -> None:
+                 max_tokens: int | None = None, per_token_output: bool = False,
+                 metrics: ServeMetrics | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.max_tokens = max_tokens
         self.per_token_output = per_token_output
         self.metrics = metrics
         self._cond = threading.Condition()
+        self._incoming: list[_Request] = []
         self._pending: list[_Item] = []
         self._pending_tokens = 0
         self._depth = 0
@@ -99,7 +125,7 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        """Texts waiting (not yet taken into a batch)."""
+        """Texts queued (arrived or tokenized, not yet taken into a batch)."""
         return self._depth
 
     def start(self) -> None:
@@ -119,28 +145,24 @@ class Batcher:
         self._threads.clear()
 
     # --- event-loop side ---------------------------------------------------------------------
-    async def run(self, encodings: Sequence[Encoding]) -> list[np.ndarray]:
-        """Raw model output per encoding (token-level outputs cut to the text's length)."""
-        if not encodings:
-            return []
+    async def run(self, texts: Sequence[str]) -> BatchResult:
+        """Tokenize and run ``texts`` in shared batches; raises the errors above."""
+        if not texts:
+            return BatchResult([], [])
         loop = asyncio.get_running_loop()
-        request = _Request(loop, loop.create_future(), [None] * len(encodings), len(encodings))
-        now = time.monotonic()
-        items = [_Item(request, i, enc, max(1, len(enc.ids)), now)
-                 for i, enc in enumerate(encodings)]
+        request = _Request(loop, loop.create_future(), texts, time.monotonic(),
+                           [None] * len(texts), len(texts))
         with self._cond:
             if self._stopping:
                 raise StoppedError("the server is shutting down")
-            if self._depth + len(items) > self.settings.queue_size:
+            if self._depth + len(texts) > self.settings.queue_size:
                 raise OverloadedError(
                     f"server busy: {self._depth} texts already queued "
                     f"(limit {self.settings.queue_size})",
                     hint="retry after a short wait")
-            self._pending.extend(items)
-            self._pending_tokens += sum(item.length for item in items)
-            self._depth += len(items)
+            self._incoming.append(request)
+            self._depth += len(texts)
             self._cond.notify()
-        self._gauge()
         try:
             return await asyncio.wait_for(request.future, self.settings.timeout_s)
         except TimeoutError:
@@ -160,31 +182,69 @@ class Batcher:
     # --- worker side ---------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
+            arrivals: list[_Request] = []
+            batch: list[_Item] | None = None
             with self._cond:
-                batch = self._next_batch()
-            if batch is None:
-                return
+                while True:
+                    self._drop_cancelled()
+                    if self._incoming:
+                        arrivals, self._incoming = self._incoming, []
+                        break
+                    if self._pending:
+                        settings = self.settings
+                        if (self._stopping or len(self._pending) >= settings.max_batch
+                                or self._pending_tokens >= settings.max_batch_tokens):
+                            batch = self._select()
+                            break
+                        remaining = self._pending[0].enqueued + self._max_wait - time.monotonic()
+                        if remaining <= 0:
+                            batch = self._select()
+                            break
+                        self._cond.wait(remaining)
+                        continue
+                    if self._stopping:
+                        return
+                    self._cond.wait()
             self._gauge()
-            self._execute(batch)
+            if arrivals:
+                self._tokenize(arrivals)
+            elif batch:
+                self._execute(batch)
 
-    def _next_batch(self) -> list[_Item] | None:
-        """Wait for work and for the batch to fill (called with the lock held)."""
-        settings = self.settings
-        while True:
-            self._drop_cancelled()
-            if not self._pending:
-                if self._stopping:
-                    return None
-                self._cond.wait()
+    def _tokenize(self, arrivals: list[_Request]) -> None:
+        """One encode call for every new request; over-limit requests fail here (413)."""
+        live = [r for r in arrivals if not r.cancelled]
+        dropped = sum(len(r.texts) for r in arrivals if r.cancelled)
+        failed: list[_Request] = []
+        items: list[_Item] = []
+        try:
+            encodings = self.engine.encode([t for r in live for t in r.texts]) if live else []
+        except Exception as exc:  # tokenizers raises plain Exceptions from Rust
+            for request in live:
+                request.error = exc
+            failed, live = live, []
+            encodings = []
+        position = 0
+        for request in live:
+            request.encodings = encodings[position:position + len(request.texts)]
+            position += len(request.texts)
+            tokens = sum(len(e.ids) for e in request.encodings)
+            if self.max_tokens is not None and tokens > self.max_tokens:
+                request.error = TokenLimitError(
+                    f"too many tokens: {tokens} (limit {self.max_tokens} per request)",
+                    tokens=tokens, limit=self.max_tokens)
+                failed.append(request)
                 continue
-            deadline = self._pending[0].enqueued + self._max_wait
-            if (self._stopping or len(self._pending) >= settings.max_batch
-                    or self._pending_tokens >= settings.max_batch_tokens):
-                return self._select()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return self._select()
-            self._cond.wait(remaining)
+            items.extend(_Item(request, i, enc, max(1, len(enc.ids)), request.enqueued)
+                         for i, enc in enumerate(request.encodings))
+        with self._cond:
+            self._depth -= dropped + sum(len(r.texts) for r in failed)
+            self._pending.extend(items)
+            self._pending_tokens += sum(item.length for item in items)
+        by_loop: defaultdict[asyncio.AbstractEventLoop, list[_Request]] = defaultdict(list)
+        for request in failed:
+            by_loop[request.loop].append(request)
+        _notify(by_loop)
 
     def _drop_cancelled(self) -> None:
         if self._has_cancelled:
@@ -257,37 +317,27 @@ class Batcher:
                 request.remaining -= 1
                 if request.remaining == 0:
                     done[request.loop].append(request)
-        for loop, requests in done.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, requests)
-            except RuntimeError:  # that event loop has closed; nobody waits any more
-                continue
+        _notify(done)
+
+
+def _notify(by_loop: dict[asyncio.AbstractEventLoop, list[_Request]]) -> None:
+    """Hand finished requests back to their event loops (one wake-up per loop)."""
+    for loop, requests in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, requests)
+        except RuntimeError:  # that event loop has closed; nobody waits any more
+            continue
 
 
 def _deliver(requests: list[_Request]) -> None:
     for request in requests:
         if request.future.done():
             continue
-        if request.error is not None:
+        error = request.error
+        if isinstance(error, ServeError):
+            request.future.set_exception(error)
+        elif error is not None:
             request.future.set_exception(InferenceFailedError(
-                f"inference failed: {type(request.error).__name__}",
-                hint="see the server log"))
+                f"inference failed: {type(error).__name__}", hint="see the server log"))
         else:
-            request.future.set_result(request.results)
-
-
-class TokenizerPool:
-    """Tokenization off the event loop, in a small pool of threads."""
-
-    def __init__(self, encode: Any, threads: int = 2) -> None:
-        self._encode = encode
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads),
-                                        thread_name_prefix="onnxguard-tokenize")
-
-    async def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        loop = asyncio.get_running_loop()
-        result: list[Encoding] = await loop.run_in_executor(self._pool, self._encode, texts)
-        return result
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+            request.future.set_result(BatchResult(request.encodings, request.results))

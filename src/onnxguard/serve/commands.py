@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import ssl
+import sys
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from onnxguard.serve.settings import ServeConfig
 
 err_console = Console(stderr=True)
+_SWITCH_INTERVAL_S = 0.0005
 
 apikey_app = typer.Typer(help="Create API keys for `onnxguard serve`.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check `onnxguard serve` audit logs.", no_args_is_help=True)
@@ -85,6 +87,9 @@ def serve_command(
         None, help="ONNX Runtime intra-op threads (default: the cores available)."),
     providers: str | None = typer.Option(
         None, help="Comma-separated execution providers (default: TensorRT → CUDA → CPU)."),
+    ort_spinning: bool = typer.Option(
+        False, "--ort-spinning/--no-ort-spinning",
+        help="Let ONNX Runtime threads spin between calls (off: they starve the event loop)."),
     public_key: Path | None = typer.Option(
         None, "--pub", envvar="ONNXGUARD_PUBLIC_KEY",
         help="Require a valid signature by this public key."),
@@ -146,7 +151,7 @@ def serve_command(
         docs=docs_mode, cors_origins=tuple(cors_origin), public_key=public_key,
         key_source=key_source,
         providers=tuple(p for p in providers.split(",") if p.strip()) if providers else None,
-        threads=threads, graceful_timeout_s=graceful_timeout,
+        threads=threads, ort_spinning=ort_spinning, graceful_timeout_s=graceful_timeout,
         forwarded_allow_ips=tuple(ip.strip() for ip in (forwarded_allow_ips or "").split(",")
                                   if ip.strip()),
         access_log=access_log, log_level=log_level.lower(),
@@ -202,6 +207,10 @@ def run_server(config: ServeConfig) -> None:
     )
     server = _graceful_server_class()(uv_config)
     holder["server"] = server
+    # The batching thread needs the GIL for a moment between ONNX Runtime calls; with the
+    # default 5 ms switch interval it can wait that long behind the busy event loop while the
+    # cores idle.  A shorter interval keeps the model fed (this process only serves).
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits when it cannot bind or start

@@ -178,6 +178,8 @@ class ServeConfig:
     key_source: str | None = field(default=None, repr=False)
     providers: tuple[str, ...] | None = None
     threads: int | None = None
+    ort_spinning: bool = False
+    """Let ONNX Runtime's threads spin between calls (off: they would starve the event loop)."""
     graceful_timeout_s: float = 30.0
     forwarded_allow_ips: tuple[str, ...] = ()
     """Proxies whose X-Forwarded-For is trusted for the client address (none by default)."""
