@@ -39,6 +39,7 @@ def _command_modules() -> list[ModuleType]:
 
     modules: list[ModuleType] = [commands]
     modules.append(__import__("onnxguard.integrity.commands", fromlist=["register"]))
+    modules.append(__import__("onnxguard.bench.commands", fromlist=["register"]))
     modules.append(__import__("onnxguard.scan.commands", fromlist=["register"]))
     modules.append(__import__("onnxguard.serve.commands", fromlist=["register"]))
     return modules

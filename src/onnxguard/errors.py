@@ -16,6 +16,7 @@ that the CLI uses.  Foreign exceptions are translated once, at the stage boundar
 7     integrity: hash, signature or decryption check failed
 8     bundle: output exists, bundle malformed, not enough disk space
 9     serve: server could not start
+10    bench: a benchmark engine failed to load or run
 130   interrupted (Ctrl-C); nothing half-written is left behind
 ====  ==========================================================
 """
@@ -225,6 +226,13 @@ class BuildInterruptedError(OnnxGuardError):
     """The user interrupted a build; temporary files were removed."""
 
     exit_code = 130
+
+
+# --- bench ---------------------------------------------------------------------------------------
+class BenchmarkError(OnnxGuardError):
+    """A benchmark engine failed to load or run; its worker process says why."""
+
+    exit_code = 10
 
 
 class ScanTargetError(UsageError):

@@ -1,0 +1,329 @@
+"""Render a benchmark: terminal tables (rich), JSON, Markdown, and a self-contained HTML page.
+
+Every renderer takes the JSON form (``BenchResult.to_dict()``), so a saved ``--json`` file can be
+rendered again later (``render_markdown(json.load(...))``) and the figures in every format are
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+SEED_TABLE = (
+    "The seed article (PyTorch 2.2.1 vs ONNX Runtime vs quantized ONNX Runtime, "
+    "distilbert-base-uncased-finetuned-sst-2-english, batch 8, 4-core Xeon): average latency "
+    "142 / 87 / 52 ms, p99 218 / 124 / 78 ms, size 255 / 255 / 64 MB, 56 / 92 / 153 "
+    "inferences/s, F1 0.912 / 0.911 / 0.908."
+)
+MB = 1024 * 1024
+
+
+# --- shared helpers ------------------------------------------------------------------------------
+def engines_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(data["engines"])
+
+
+def label_of(data: dict[str, Any], engine_id: str) -> str:
+    return next((e["label"] for e in data["engines"] if e["id"] == engine_id), engine_id)
+
+
+def run_of(data: dict[str, Any], engine: str, workload: str) -> dict[str, Any] | None:
+    return next((r for r in data["runs"]
+                 if r["engine"] == engine and r["workload"]["id"] == workload), None)
+
+
+def quality_of(data: dict[str, Any], engine: str, mode: str) -> dict[str, Any] | None:
+    return next((q for q in data["quality"] if q["engine"] == engine and q["mode"] == mode),
+                None)
+
+
+def seed_workload(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Batch 8 × 128 when measured; else the largest padded batch; else the first workload."""
+    workloads = data["workloads"]
+    exact = next((w for w in workloads if w["seq"] == 128 and w["batch"] == 8), None)
+    padded = [w for w in workloads if w["seq"] is not None]
+    return exact or (max(padded, key=lambda w: (w["batch"], w["seq"])) if padded else None) or (
+        workloads[0] if workloads else None)
+
+
+def workload_title(w: dict[str, Any]) -> str:
+    if w["seq"] is None:
+        return f"batch {w['batch']}, real text (dynamic padding, length-sorted batches)"
+    return f"batch {w['batch']} × {w['seq']} tokens (fixed padding)"
+
+
+def speedup(data: dict[str, Any], engine: str, workload: str) -> float | None:
+    mine, base = run_of(data, engine, workload), run_of(data, "pytorch", workload)
+    if not mine or not base or not base["throughput_seq_per_s"]:
+        return None
+    return float(mine["throughput_seq_per_s"]) / float(base["throughput_seq_per_s"])
+
+
+def _get(d: dict[str, Any] | None, *keys: str) -> float | None:
+    """A nested number, or None when any level is missing."""
+    value: Any = d
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return None if value is None else float(value)
+
+
+def _f(x: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "–" if x is None else f"{x:,.{digits}f}{suffix}"
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x * 100:.{digits}f}%"
+
+
+def _mb(x: int | None) -> str:
+    return "–" if not x else f"{x / MB:,.1f}"
+
+
+def seed_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The seed's table (metric rows × engine columns) for the seed workload."""
+    w = seed_workload(data)
+    engines = engines_of(data)
+    header = ["", *(e["label"] for e in engines)]
+    if w is None:
+        return header, []
+    mode = "pad128" if w["seq"] == 128 else w["mode"]
+    runs = [run_of(data, e["id"], w["id"]) for e in engines]
+    quals = [quality_of(data, e["id"], mode) or quality_of(data, e["id"], "dynamic")
+             for e in engines]
+    rows = [
+        ["Average latency per batch (ms)", *(_f(_get(r, "latency", "mean_ms")) for r in runs)],
+        ["p50 latency (ms)", *(_f(_get(r, "latency", "p50_ms")) for r in runs)],
+        ["p99 latency (ms)", *(_f(_get(r, "latency", "p99_ms")) for r in runs)],
+        ["Throughput (sequences/s)", *(_f(_get(r, "throughput_seq_per_s")) for r in runs)],
+        ["Speed-up vs PyTorch", *(_f(speedup(data, e["id"], w["id"]), 2, "×") for e in engines)],
+        ["Model size (MB)", *(_mb(e["file_bytes"]) for e in engines)],
+        ["Peak RSS of the engine's process (MB)", *(_mb(e["peak_rss_bytes"]) for e in engines)],
+        ["Session/model load (s)", *(_f(e["load_seconds"], 2) for e in engines)],
+        ["Share of the matmul roofline", *(_pct(_get(r, "peak_fraction"), 0) for r in runs)],
+    ]
+    if any(_get(q, "accuracy") is not None for q in quals):
+        rows.append(["Accuracy", *(_pct(_get(q, "accuracy")) for q in quals)])
+        rows.append(["F1", *(_f(_get(q, "f1"), 3) for q in quals)])
+    if any(_get(q, "agreement_with_pytorch") is not None for q in quals):
+        rows.append(["Agreement with PyTorch",
+                     *(_pct(_get(q, "agreement_with_pytorch")) for q in quals)])
+    elif any(_get(q, "mean_cosine_with_pytorch") is not None for q in quals):
+        rows.append(["Mean cosine to PyTorch",
+                     *(_f(_get(q, "mean_cosine_with_pytorch"), 5) for q in quals)])
+        rows.append(["Min cosine to PyTorch",
+                     *(_f(_get(q, "min_cosine_with_pytorch"), 5) for q in quals)])
+    return header, rows
+
+
+def workload_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["workload", "engine", "mean ms", "p50 ms", "p95 ms", "p99 ms", "sequences/s",
+              "× PyTorch", "GFLOP/s", "% of peak"]
+    rows = []
+    for w in data["workloads"]:
+        for e in engines_of(data):
+            r = run_of(data, e["id"], w["id"])
+            if r is None:
+                continue
+            lat = r["latency"]
+            rows.append([w["id"], e["label"], _f(lat["mean_ms"], 2), _f(lat["p50_ms"], 2),
+                         _f(lat["p95_ms"], 2), _f(lat["p99_ms"], 2),
+                         _f(r["throughput_seq_per_s"]), _f(speedup(data, e["id"], w["id"]), 2,
+                                                           "×"),
+                         _f(r["achieved_gflops"]), _pct(r["peak_fraction"], 0)])
+    return header, rows
+
+
+def quality_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["input mode", "engine", "accuracy", "F1", "agreement with PyTorch",
+              "mean cosine", "max |Δ| vs PyTorch", "full pass (s)"]
+    rows = [[q["mode"], label_of(data, q["engine"]), _pct(q["accuracy"]), _f(q["f1"], 4),
+             _pct(q["agreement_with_pytorch"]), _f(q["mean_cosine_with_pytorch"], 5),
+             _f(q["max_abs_diff_vs_pytorch"], 4), _f(q["full_pass_seconds"], 2)]
+            for q in data["quality"]]
+    return header, rows
+
+
+def engine_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["engine", "precision", "model size (MB)", "load (s)", "import (s)",
+              "peak RSS (MB)", "RSS added by the model (MB)", "intra-op threads",
+              "OS threads", "what it is"]
+    rows = [[e["label"], e["precision"], _mb(e["file_bytes"]), _f(e["load_seconds"], 2),
+             _f(e["import_seconds"], 2), _mb(e["peak_rss_bytes"]), _mb(e["model_rss_bytes"]),
+             str(e["threads"]), str(e["os_threads"]),
+             e["description"] + (f" (attention: {e['attention']})" if e.get("attention") else "")]
+            for e in engines_of(data)]
+    return header, rows
+
+
+def target_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["target", "measured", "needed", "met", "detail"]
+    rows = []
+    for t in data["targets"]:
+        unit = t["unit"]
+        value = "–" if t["value"] is None else (
+            f"{t['value']:+.2f} {unit}" if unit == "pt" else f"{t['value']:.2f}{unit}")
+        need = f"≥ {t['threshold']:+.1f} {unit}" if unit == "pt" else f"≥ {t['threshold']}{unit}"
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        rows.append([t["name"], value, need, met, t["detail"]])
+    return header, rows
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return (f"{m['cpu']} ({m['available_cpus']} CPUs available, {m['threads_used']} threads "
+            f"used; SIMD: {', '.join(m['simd']) or 'none detected'}), "
+            f"{m['memory_bytes'] / 1024 ** 3:.0f} GiB RAM, {m['os']}, Python {m['python']}; "
+            f"{versions}. Load average at start {m['load_average_start']}, at end "
+            f"{m.get('load_average_end', [])} (other processes share this machine).")
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+def write_json(data: dict[str, Any], path: Path) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_markdown(data: dict[str, Any], path: Path) -> None:
+    write_text(path, render_markdown(data))
+
+
+def write_html(data: dict[str, Any], path: Path) -> None:
+    from onnxguard.bench._html import render_html
+
+    write_text(path, render_html(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write next to the target and rename, so a reader never sees half a report."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a report, not a secret: mkstemp's 0600 is too tight
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- Markdown ------------------------------------------------------------------------------------
+def _md_table(header: list[str], rows: Iterable[list[str]]) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(data: dict[str, Any], heading: int = 2) -> str:
+    """A Markdown section: the seed's table, targets, every workload, accuracy, roofline."""
+    h = "#" * heading
+    model, cfg, ds = data["model"], data["config"], data["dataset"]
+    w = seed_workload(data)
+    out = [f"{h} {model['name']} ({model['task']})", ""]
+    out.append(f"Measured {data['machine']['date']} on {machine_line(data)}")
+    out += ["", "Command:", "", "```", cfg["command"] or "(library call)", "```", ""]
+    out.append(f"Data: {ds['source']} ({ds['texts']} texts, mean {ds['mean_tokens']} tokens; "
+               f"latency rounds on an evenly spaced sample of {ds['latency_sample']}; "
+               f"accuracy on all of them). {cfg['warmup']} warm-up + {cfg['rounds']} "
+               f"interleaved rounds; throughput is the median over rounds. Whole run: "
+               f"{data['seconds']:.0f} s.")
+    if w is not None:
+        out += ["", f"{h}# The seed's table on this machine: {workload_title(w)}", ""]
+        out.append(_md_table(*seed_rows(data)))
+        out += ["", SEED_TABLE]
+    out += ["", f"{h}# Targets", "", _md_table(*target_rows(data))]
+    out += ["", f"{h}# Every workload", "",
+            "Latency is per batch (the model call; with dynamic padding also the padding). "
+            "Real-text throughput also counts tokenization and the length sort.", "",
+            _md_table(*workload_rows(data))]
+    if data["quality"]:
+        out += ["", f"{h}# Accuracy and agreement (every text, largest batch)", "",
+                _md_table(*quality_rows(data))]
+    out += ["", f"{h}# Engines", "", _md_table(*engine_rows(data)), "",
+            "Peak RSS is the high-water mark (VmHWM) of the engine's own worker process "
+            "(interpreter, libraries, model and buffers); the next column subtracts the RSS "
+            "measured after imports, before the model was loaded."]
+    out += ["", f"{h}# Roofline", "", roofline_text(data)]
+    if data["profiles"]:
+        out += ["", f"{h}# Where the time goes (ONNX Runtime profiler)", ""]
+        out.append(_md_table(*profile_rows(data)))
+    if model["fused_operators"]:
+        fused = ", ".join(f"{k}×{v}" for k, v in model["fused_operators"].items())
+        out += ["", f"Transformer optimizer fusions: {fused}."]
+    if model["notes"]:
+        out += ["", *(f"- {n}" for n in model["notes"])]
+    return "\n".join(out) + "\n"
+
+
+def roofline_text(data: dict[str, Any]) -> str:
+    roof = data["roofline"]
+    flops = data["model"]["flops"]
+    best: dict[str, dict[str, Any]] = {}
+    for k in roof["kernels"]:
+        if k["precision"] not in best or k["gflops"] > best[k["precision"]]["gflops"]:
+            best[k["precision"]] = k
+    parts = [f"Graph: {flops['flops_per_token'] / 1e6:.1f} MFLOP per token "
+             f"({flops['gflops_batch8_seq128']} GFLOP per batch of 8 × 128)."]
+    for precision, k in best.items():
+        unit = "GOP/s" if precision == "int8" else "GFLOP/s"
+        parts.append(f"{precision} peak: {k['gflops']:.0f} {unit} ({k['kernel']}, "
+                     f"{k['m']}×{k['k']}×{k['n']}, {roof['threads']} threads).")
+    parts.append("Each engine's share of the roofline is its graph FLOPs over its model time, "
+                 "divided by the peak of its precision (int8 engines against the int8 peak).")
+    header = ["kernel", "precision", "M×K×N", "best GFLOP/s"]
+    rows = [[k["kernel"], k["precision"], f"{k['m']}×{k['k']}×{k['n']}", _f(k["gflops"])]
+            for k in roof["kernels"]]
+    return " ".join(parts) + "\n\n" + _md_table(header, rows)
+
+
+def profile_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["engine", "workload", "kernel ms per batch", "top operators (share of kernel time)"]
+    rows = []
+    for engine, p in data["profiles"].items():
+        runs = max(1, int(p.get("runs", 1)))
+        shares = ", ".join(f"{op} {share * 100:.0f}%" for op, share in p["op_share"].items()
+                           if share >= 0.01)
+        rows.append([label_of(data, engine), p["workload"], _f(p["kernel_ms"] / runs, 1),
+                     shares])
+    return header, rows
+
+
+# --- terminal ------------------------------------------------------------------------------------
+def print_report(data: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    for title, (header, rows) in (
+        ("The seed's table: " + (workload_title(w) if (w := seed_workload(data)) else ""),
+         seed_rows(data)),
+        ("Every workload", workload_rows(data)),
+        ("Accuracy and agreement", quality_rows(data)),
+        ("Targets", target_rows(data)),
+    ):
+        if not rows:
+            continue
+        table = Table(title=title, title_justify="left")
+        for i, column in enumerate(header):
+            table.add_column(column, justify="left" if i < 2 else "right",
+                             overflow="fold")
+        for row in rows:
+            table.add_row(*(c.replace("**", "") for c in row))
+        console.print(table)
+    roof = data["roofline"]
+    console.print(f"roofline: fp32 {roof['fp32_peak_gflops']:.0f} GFLOP/s, int8 "
+                  f"{roof['int8_peak_gops']:.0f} GOP/s ({roof['threads']} threads)",
+                  highlight=False)
+    console.print(f"[dim]{machine_line(data)}[/]", highlight=False)
