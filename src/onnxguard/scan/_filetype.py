@@ -57,7 +57,7 @@ _MAGIC: tuple[tuple[bytes, Kind], ...] = (
     (b"PK\x05\x06", Kind.ZIP),
     (b"7z\xbc\xaf\x27\x1c", Kind.SEVEN_ZIP),
     (b"Rar!\x1a\x07", Kind.RAR),
-    (b"\x1f\x8b", Kind.GZIP),
+    (b"\x1f\x8b\x08", Kind.GZIP),  # deflate is gzip's only method
     (b"\xfd7zXZ\x00", Kind.XZ),
     (b"\x28\xb5\x2f\xfd", Kind.ZSTD),
     (b"\x89HDF\r\n\x1a\n", Kind.HDF5),
@@ -76,11 +76,13 @@ _PYTHON_SUFFIXES = (".py", ".pyw", ".pyi", ".ipynb")
 _ONNX_FIRST_TAGS = frozenset({0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
 
 
-def sniff(blob: Blob, name: str, *, deep: bool = True) -> Kind:
+def sniff(blob: Blob, name: str, *, deep: bool = True, member: bool = False) -> Kind:
     """Identify ``blob`` (called ``name``) by content.
 
     ``deep`` reads the whole blob where formats have no magic (text validity, PROTO-less
-    pickles); without it only the first 4 KiB are looked at.
+    pickles); without it only the first 4 KiB are looked at.  ``member`` is for archive
+    members, which are mostly raw tensor bytes: signatures of two or three bytes (safetensors'
+    length + ``{``, pyc) could match by chance there, so they also need the member's name.
     """
     if blob.size == 0:
         return Kind.EMPTY
@@ -89,10 +91,11 @@ def sniff(blob: Blob, name: str, *, deep: bool = True) -> Kind:
         if head.startswith(magic):
             return kind
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return Kind.PICKLE
-    if _is_safetensors(head):
+        return Kind.PICKLE  # members: confirmed by parsing before anything is reported
+    lower = name.lower()
+    if _is_safetensors(head) and (not member or lower.endswith(".safetensors")):
         return Kind.SAFETENSORS
-    if _is_pyc(head) or _is_pe(head):
+    if (_is_pyc(head) and (not member or lower.endswith(".pyc"))) or _is_pe(head):
         return Kind.EXECUTABLE
     if len(head) > 262 and head[257:262] == b"ustar":
         return Kind.TAR

@@ -286,7 +286,7 @@ def decompress(blob: Blob, kind: str, limit: int, location: str) -> bytes:
         try:
             with modules[kind].open(raw, "rb") as stream:
                 data: bytes = stream.read(limit + 1)
-        except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+        except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as exc:
             raise Unscannable(join_location(location, f"corrupt {kind} stream: {exc}")) from exc
     if len(data) > limit:
         raise Unscannable(
@@ -295,6 +295,16 @@ def decompress(blob: Blob, kind: str, limit: int, location: str) -> bytes:
             )
         )
     return data
+
+
+def looks_like_gzip(head: bytes) -> bool:
+    """Does a gzip header plus the start of its deflate stream decode?  (For archive members:
+    three magic bytes can occur in raw tensor data by chance.)"""
+    try:
+        zlib.decompressobj(31).decompress(head, 1)
+    except zlib.error:
+        return False
+    return True
 
 
 # --- numpy ---------------------------------------------------------------------------------------

@@ -68,9 +68,10 @@ def scan_command(
 ) -> None:
     """Scan a model directory or file for supply-chain attacks; exit 0 clean, 1 findings.
 
-    Exit 2 when something could not be scanned (never a silent pass).  Checks pickles for code execution, safetensors headers that lie, remote code in configs,
-    archives, and ONNX graphs for external-data escapes, custom ops, resource exhaustion and
-    backdoor triggers.  Every file is identified by content; nothing is loaded or run.
+    Exit 2 when something could not be scanned (never a silent pass).  Checks pickles for
+    code execution, safetensors headers that lie, remote code in configs, archives, and ONNX
+    graphs for external-data escapes, custom ops, resource exhaustion and backdoor triggers.
+    Every file is identified by content; nothing is loaded or run.
     """
     config = ScanConfig(
         fail_on=fail_on.value,

@@ -216,6 +216,9 @@ class _Scanner:
         except Unscannable as exc:
             self.sink.skip(rel, str(exc))
             return set()
+        except Exception as exc:  # a scanner bug must fail closed, never pass the file
+            self.sink.skip(rel, f"scanner error ({type(exc).__name__}: {exc}); not trusted")
+            return set()
         self.sink.files.append(ScannedFile(rel, Kind.ONNX.value, size))
         return external
 
@@ -243,6 +246,9 @@ class _Scanner:
             return
         except OSError as exc:
             self.sink.skip(rel, f"read error: {exc}")
+            return
+        except Exception as exc:  # a scanner bug must fail closed, never pass the file
+            self.sink.skip(rel, f"scanner error ({type(exc).__name__}: {exc}); not trusted")
             return
         if kind not in _ARCHIVE_KINDS and kind is not Kind.EMPTY:
             self._polyglot(rel, blob)
@@ -311,9 +317,13 @@ class _Scanner:
         """Archive members: by content; unknown bytes inside an archive are data (tensors)."""
         try:
             deep = isinstance(blob, BytesBlob) or blob.size <= _DEEP_SNIFF_BYTES
-            kind = Kind.PICKLE if pickle else sniff(blob, name, deep=deep)
+            kind = Kind.PICKLE if pickle else sniff(blob, name, deep=deep, member=True)
             if kind in (Kind.UNKNOWN, Kind.TEXT, Kind.EMPTY):
                 return
+            if kind is Kind.PICKLE and not pickle and not _looks_like_pickle(blob.head(1 << 20)):
+                return  # tensor bytes that start like a PROTO opcode: not a pickle at all
+            if kind is Kind.GZIP and not archives.looks_like_gzip(blob.head(1 << 16)):
+                return  # tensor bytes that start like a gzip header
             if kind is Kind.ONNX and not name.lower().endswith(".onnx"):
                 return  # protobuf-looking tensor bytes
             self.dispatch(blob, name, self._current, location, depth, kind=kind, member=True)
@@ -361,6 +371,19 @@ class _Scanner:
                     )
                     return
             at = tail.rfind(_EOCD, 0, at)
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    """A pickle completes or imports a global within its first MiB; raw tensor bytes do not."""
+    import io
+
+    from onnxguard.scan.pickles import _Problems, _TooLong
+
+    try:
+        result = parse_pickle(io.BytesIO(head), len(head), _Problems(), max_opcodes=100_000)
+    except _TooLong:
+        return True
+    return result.complete or bool(result.globals)
 
 
 def _read_at(blob: Blob, offset: int, n: int) -> bytes:

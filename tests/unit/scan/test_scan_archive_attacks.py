@@ -142,3 +142,35 @@ def test_benign_npz_and_npy_scan_clean(tmp_path: Path) -> None:
     report = scan_path(d)
     assert report.findings == () and report.unscanned == ()
     assert report.kind_of("b.npz") == "zip"
+
+
+def test_tensor_storages_that_look_like_other_formats_are_data(tmp_path: Path) -> None:
+    """Raw storage bytes in a PyTorch zip can start like a safetensors header, a PROTO
+    opcode, gzip or a pyc by chance; none of that may produce a finding or an unscanned file."""
+    import struct
+
+    lookalikes = {
+        "archive/data/0": struct.pack("<Q", 0xFFEEDDCCBBAA) + b"{" + b"\x00" * 55,
+        "archive/data/1": b"\x80\x02\xff\xfe" + b"\x13" * 60,
+        "archive/data/2": b"\x1f\x8b\x08\x00" + b"\x00" * 60,
+        "archive/data/3": b"\xa7\x0d\r\n" + b"\x00" * 60,
+        "archive/data/4": b"\x08\x07\x12\x03abc" + b"\x00" * 57,
+    }
+    d = tmp_path / "m"
+    entries = samples._checkpoint_entries(samples._state_dict_pickle()) | lookalikes
+    samples._write(d, "pytorch_model.bin", samples._torch_zip(entries))
+    report = scan_path(d)
+    assert rules_of(report, "low") == set(), report.to_text()
+    assert report.unscanned == ()
+
+
+def test_many_random_storages_scan_clean(tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1234)
+    storages = {f"archive/data/{i}": rng.bytes(int(rng.integers(8, 4096))) for i in range(3000)}
+    d = tmp_path / "m"
+    entries = samples._checkpoint_entries(samples._state_dict_pickle()) | storages
+    samples._write(d, "pytorch_model.bin", samples._torch_zip(entries))
+    report = scan_path(d)
+    assert rules_of(report, "low") == set() and report.unscanned == (), report.to_text()

@@ -139,3 +139,17 @@ def test_config_rejects_a_bad_threshold() -> None:
         ScanConfig(fail_on="severe")
     with pytest.raises(ValueError, match="non-negative"):
         ScanConfig(max_loop_trip_count=-1)
+
+
+def test_a_scanner_bug_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxguard.scan import safetensors_check
+
+    def broken(*_args: object, **_kwargs: object) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(safetensors_check, "scan_safetensors", broken)
+    d = tmp_path / "m"
+    samples._write(d, "model.safetensors", samples.safetensors_bytes({}, b""))
+    report = scan_path(d)
+    assert report.unscanned and "scanner error (RuntimeError: boom)" in report.unscanned[0].reason
+    assert report.failed("critical")
