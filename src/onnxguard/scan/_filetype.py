@@ -42,6 +42,7 @@ class Kind(StrEnum):
     RAR = "rar"
     GGUF = "gguf"
     ORT_FORMAT = "ort-format"
+    SENTENCEPIECE = "sentencepiece"
     ONNX = "onnx"
     EXECUTABLE = "executable"
     UNKNOWN = "unknown-binary"
@@ -121,6 +122,8 @@ def sniff(blob: Blob, name: str, *, deep: bool = True, member: bool = False) -> 
         if head[:1] not in (b"{", b"[", b"#", b" ", b"\n") and _probe(blob):
             return Kind.PICKLE  # protocol 0 text pickle
         return Kind.TEXT
+    if head[:1] == b"\x0a" and _is_sentencepiece(blob):
+        return Kind.SENTENCEPIECE
     if _probe(blob):
         return Kind.PICKLE  # protocol 0/1 pickle with binary data (no PROTO opcode)
     if head[0] in _ONNX_FIRST_TAGS:
@@ -200,6 +203,74 @@ def _utf8_prefix(head: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+_SPM_MAX_BYTES = 64 << 20
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
+    """Decode one protobuf message level: (field, wire type, payload); ValueError if malformed."""
+    out: list[tuple[int, int, bytes | int]] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            out.append((field, wire, value))
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("length beyond the message")
+            out.append((field, wire, data[pos : pos + length]))
+            pos += length
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > len(data):
+                raise ValueError("truncated fixed field")
+            out.append((field, wire, data[pos : pos + width]))
+            pos += width
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out
+
+
+def _is_sentencepiece(blob: Blob) -> bool:
+    """A SentencePiece ``ModelProto`` (``spiece.model``, ``tokenizer.model``): repeated pieces
+    (string, float score, enum type) plus trainer/normalizer specs, and nothing else."""
+    if blob.size > _SPM_MAX_BYTES:
+        return False
+    with blob.open() as fh:
+        data = fh.read()
+    try:
+        top = _fields(data)
+        pieces = 0
+        for field, wire, payload in top:
+            if field not in (1, 2, 3, 4, 5) or wire != 2 or not isinstance(payload, bytes):
+                return False
+            if field == 1:
+                for sub, sub_wire, value in _fields(payload):
+                    if (sub, sub_wire) == (1, 2) and isinstance(value, bytes):
+                        value.decode("utf-8")
+                    elif (sub, sub_wire) not in ((2, 5), (3, 0)):
+                        return False
+                pieces += 1
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return pieces > 0
 
 
 def _plausible_onnx(head: bytes) -> bool:

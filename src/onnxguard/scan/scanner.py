@@ -301,6 +301,8 @@ class _Scanner:
             sink.add("CFG002", file, location, f"{name.rsplit('/', 1)[-1]} is code")
         elif kind is Kind.TEXT:
             return config_check.scan_text(blob, sink, file, location)
+        elif kind is Kind.SENTENCEPIECE:
+            pass  # tokenizer data: every field was decoded while identifying it
         elif kind is Kind.ONNX:
             if member:
                 raise Unscannable(

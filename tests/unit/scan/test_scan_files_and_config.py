@@ -153,3 +153,29 @@ def test_a_scanner_bug_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     report = scan_path(d)
     assert report.unscanned and "scanner error (RuntimeError: boom)" in report.unscanned[0].reason
     assert report.failed("critical")
+
+
+def _pb_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (short lengths only)."""
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_sentencepiece_tokenizer_model_is_recognized(tmp_path: Path) -> None:
+    """XLM-RoBERTa, ALBERT and DeBERTa-v2 repositories ship a SentencePiece protobuf."""
+    import struct
+
+    def piece(text: str, score: float, kind: int) -> bytes:
+        body = _pb_field(1, text.encode()) + b"\x15" + struct.pack("<f", score)
+        return _pb_field(1, body + bytes([0x18, kind]))
+
+    model = b"".join(piece(p, -i, 1) for i, p in enumerate(["<unk>", "▁the", "▁a", "s"]))
+    model += _pb_field(2, b"\x18\x01") + _pb_field(3, _pb_field(1, b"nmt_nfkc"))
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "sentencepiece.bpe.model").write_bytes(model)
+    (d / "other.bin").write_bytes(model + b"\x7f\xff")  # field 15, wire type 7: not spm
+    report = scan_path(d)
+    assert report.kind_of("sentencepiece.bpe.model") == "sentencepiece"
+    assert report.findings == ()
+    assert [u.file for u in report.unscanned] == ["other.bin"]
