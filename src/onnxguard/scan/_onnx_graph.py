@@ -332,6 +332,9 @@ def check_backdoor(graph: onnx.GraphProto, sink: Sink, file: str) -> None:
     """Report If/Where nodes switched by comparing model input values with constants."""
     inputs = set(iter_graph_inputs(graph))
     const: set[str] = {t.name for t in graph.initializer}
+    values: dict[str, onnx.TensorProto] = {
+        t.name: t for t in graph.initializer if math.prod(t.dims) <= 8
+    }
     origin: dict[str, str] = {name: name for name in inputs}  # value-tainted name -> model input
     trigger: dict[str, tuple[str, str, str]] = {}  # name -> (input, compare node, constant)
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -345,6 +348,9 @@ def check_backdoor(graph: onnx.GraphProto, sink: Sink, file: str) -> None:
         standard = node.domain in _STANDARD
         if standard and op == "Constant":
             const.update(node.output)
+            for attr in node.attribute:
+                if attr.name == "value" and node.output and math.prod(attr.t.dims) <= 8:
+                    values[node.output[0]] = attr.t
             continue
         if standard and op in _SHAPE_OPS:
             continue  # shapes are not values: the taint stops here
@@ -354,7 +360,7 @@ def check_backdoor(graph: onnx.GraphProto, sink: Sink, file: str) -> None:
         if source is not None and not (standard and op == "ConstantOfShape"):
             for out in node.output:
                 origin[out] = source
-        fired = _compare_trigger(node, origin, const) if standard else None
+        fired = _compare_trigger(node, origin, const, values) if standard else None
         if fired is None and standard and op in _CONDITION_OPS:
             relevant = ins[:1] if op in _INDEX_OPS else ins
             fired = next((trigger[i] for i in relevant if i in trigger), None)
@@ -376,15 +382,31 @@ def check_backdoor(graph: onnx.GraphProto, sink: Sink, file: str) -> None:
 
 
 def _compare_trigger(
-    node: onnx.NodeProto, origin: dict[str, str], const: set[str]
+    node: onnx.NodeProto,
+    origin: dict[str, str],
+    const: set[str],
+    values: dict[str, onnx.TensorProto],
 ) -> tuple[str, str, str] | None:
     if node.op_type not in _COMPARE_OPS or len(node.input) != 2:
         return None
     a, b = node.input
     for tainted, constant in ((a, b), (b, a)):
         if tainted in origin and constant in const:
-            return (origin[tainted], node.name or node.output[0], repr(constant))
+            return (origin[tainted], node.name or node.output[0], _describe(constant, values))
     return None
+
+
+def _describe(name: str, values: dict[str, onnx.TensorProto]) -> str:
+    tensor = values.get(name)
+    if tensor is None or tensor.data_location == 1:
+        return repr(name)
+    from onnx import numpy_helper
+
+    try:
+        shown = numpy_helper.to_array(tensor).reshape(-1).tolist()
+    except (ValueError, TypeError):
+        return repr(name)
+    return f"{name!r} = {shown}"
 
 
 def _reaches_output(

@@ -134,6 +134,7 @@ def test_shadowlogic_where_backdoor_on_a_small_classifier(tmp_path: Path) -> Non
     hit = finding(_scan(samples.make_shadowlogic_where, tmp_path), "ONNX031")
     assert hit.severity is Severity.MEDIUM
     assert "'input_ids'" in hit.message and "trigger_compare" in hit.message
+    assert "'trigger_id' = [77]" in hit.message
     assert "backdoor_select" in hit.location
 
 
