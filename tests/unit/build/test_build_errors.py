@@ -245,3 +245,38 @@ def test_build_sign_key_signs_before_publishing(tiny_model_factory: Callable[...
     assert Engine.from_bundle(out, public_key=keys.public_key).bundle.signed
     with pytest.raises(SignatureError):
         Engine.from_bundle(out, public_key=other.public_key)
+
+
+def test_allow_pickle_loads_a_clean_scanned_pickle(tiny_model_factory: Callable[..., Path],
+                                                   tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    model = _copy_model(tiny_model_factory, tmp_path)
+    state = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    torch.save(state, model / "pytorch_model.bin")
+    result = build_bundle(BuildConfig(out=tmp_path / "out", source=str(model), allow_pickle=True,
+                                      **FAST))
+    assert result.manifest.stages["scan"]["source"]["findings"]["high"] == 0
+    assert result.manifest.stages["validation"]["optimized_fp32"]["passed"]
+
+
+def test_allow_pickle_still_refuses_a_malicious_pickle(tiny_model_factory: Callable[..., Path],
+                                                       tmp_path: Path) -> None:
+    import pickle
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            import os
+
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    model = _copy_model(tiny_model_factory, tmp_path)
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(ScanFindingsError) as info:
+        build_bundle(BuildConfig(out=tmp_path / "out", source=str(model), allow_pickle=True,
+                                 **FAST))
+    assert "critical" in info.value.message and "pytorch_model.bin" in info.value.message
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
