@@ -52,11 +52,14 @@ class EngineSpec:
     description: str
     file_bytes: int
     graph_ops: dict[str, int] = field(default_factory=dict)
+    disabled_optimizers: tuple[str, ...] = ()
+    """ONNX Runtime graph transformers switched off for this engine's session."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "label": self.label, "kind": self.kind,
                 "precision": self.precision, "description": self.description,
-                "file_bytes": self.file_bytes, "graph_ops": self.graph_ops}
+                "file_bytes": self.file_bytes, "graph_ops": self.graph_ops,
+                "disabled_optimizers": list(self.disabled_optimizers)}
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,47 @@ def prepare(
     int8: Sequence[str] = DEFAULT_INT8,
     calibration: Sequence[str] = (),
     step: Step | None = None,
+    layernorm: str = "fused",
 ) -> PreparedModel:
-    """Produce (SOURCE) or verify and copy (BUNDLE) every graph into ``work``."""
+    """Produce (SOURCE) or verify and copy (BUNDLE) every graph into ``work``.
+
+    ``layernorm="unfused"`` then splits SkipLayerNormalization in every ONNX graph (see
+    ``_unfuse``); the default measures the graphs exactly as the build makes them.
+    """
+    if layernorm not in ("fused", "unfused"):
+        raise UsageError(f"--layernorm {layernorm!r}", hint="choose fused or unfused")
     if is_bundle(target):
         assert target is not None
-        return _prepare_bundle(Path(target), work, step or (lambda _s: None))
-    return _prepare_source(target, work, task, int8, calibration, step or (lambda _s: None))
+        model = _prepare_bundle(Path(target), work, step or (lambda _s: None))
+    else:
+        model = _prepare_source(target, work, task, int8, calibration,
+                                step or (lambda _s: None))
+    return _unfused(model, step) if layernorm == "unfused" else model
+
+
+def _unfused(model: PreparedModel, step: Step | None) -> PreparedModel:
+    from dataclasses import replace
+
+    from onnxguard.bench._unfuse import SESSION_DISABLED_OPTIMIZERS, unfuse_skip_layernorm
+
+    if step:
+        step("splitting SkipLayerNormalization")
+    engines = []
+    for engine in model.engines:
+        if engine.kind != "onnxruntime":
+            engines.append(engine)
+            continue
+        dst = engine.path.with_name(engine.path.stem + ".unfused-ln.onnx")
+        count = unfuse_skip_layernorm(engine.path, dst)
+        note = (f"; {count} SkipLayerNormalization split into Add + LayerNormalization"
+                if count else "")
+        engines.append(replace(
+            engine, path=dst, description=engine.description + note,
+            file_bytes=dst.stat().st_size, graph_ops=graph_ops(dst),
+            disabled_optimizers=SESSION_DISABLED_OPTIMIZERS))
+    return replace(model, engines=tuple(engines), notes=(
+        *model.notes, "--layernorm unfused: ONNX Runtime sessions run with SkipLayerNormFusion "
+        "disabled and SkipLayerNormalization split into Add + LayerNormalization"))
 
 
 def _prepare_source(

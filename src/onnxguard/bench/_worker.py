@@ -176,8 +176,10 @@ class _Worker:
             options.profile_file_prefix = profile_prefix
         if optimized_path is not None:
             options.optimized_model_filepath = str(optimized_path)
+        disabled = list(self.spec.get("disabled_optimizers") or ())
+        extra = {"disabled_optimizers": disabled} if disabled else {}
         return ort.InferenceSession(self.spec["path"], options,
-                                    providers=["CPUExecutionProvider"])
+                                    providers=["CPUExecutionProvider"], **extra)
 
     def _ort_runner(self, session: Any) -> Runner:
         output = session.get_outputs()[0].name

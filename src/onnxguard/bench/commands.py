@@ -47,6 +47,10 @@ def bench_command(
     torch_attention: str = typer.Option(
         "sdpa", "--torch-attention", help="PyTorch baseline attention: sdpa (transformers' "
         "default) or eager."),
+    layernorm: str = typer.Option(
+        "fused", "--layernorm", help="fused: the graphs as the build makes them. unfused: split "
+        "SkipLayerNormalization into Add + LayerNormalization and keep ONNX Runtime from "
+        "re-fusing it (its CPU kernel is scalar; measures the proposed fix)."),
     profile: bool = typer.Option(
         False, "--profile", help="Also run ONNX Runtime's profiler: time per operator type."),
     no_accuracy: bool = typer.Option(
@@ -69,7 +73,8 @@ def bench_command(
         rounds=rounds, warmup=warmup, sample=sample, threads=threads or available_cores(),
         calibration=calibration, int8=tuple(p.strip() for p in int8.split(",") if p.strip()),
         engines=tuple(p.strip() for p in engines.split(",") if p.strip()) if engines else None,
-        task=task, torch_attention=torch_attention, profile=profile, accuracy=not no_accuracy,
+        task=task, torch_attention=torch_attention, layernorm=layernorm, profile=profile,
+        accuracy=not no_accuracy,
     )
     outputs = {"--json": json_out, "--report": report_out, "--markdown": markdown_out}
     config = replace(config, command=command_line(config, outputs))
@@ -114,6 +119,8 @@ def command_line(config: BenchConfig, outputs: dict[str, Path | None] | None = N
     ]
     if config.torch_attention != "sdpa":
         options.append(("--torch-attention", config.torch_attention))
+    if config.layernorm != "fused":
+        options.append(("--layernorm", config.layernorm))
     options += list((outputs or {}).items())
     for flag, value in options:
         if value is not None:

@@ -66,6 +66,8 @@ class BenchConfig:
     engines: tuple[str, ...] | None = None
     task: str | None = None
     torch_attention: str = "sdpa"
+    layernorm: str = "fused"
+    """``unfused``: split SkipLayerNormalization in the ONNX graphs (see ``_unfuse``)."""
     profile: bool = False
     accuracy: bool = True
     roofline_seconds: float = 0.3
@@ -79,7 +81,8 @@ class BenchConfig:
                 "rounds": self.rounds, "warmup": self.warmup, "sample": self.sample,
                 "threads": self.threads, "int8": list(self.int8),
                 "calibration": str(self.calibration) if self.calibration else None,
-                "torch_attention": self.torch_attention, "profile": self.profile,
+                "torch_attention": self.torch_attention, "layernorm": self.layernorm,
+                "profile": self.profile,
                 "command": self.command}
 
 
@@ -195,7 +198,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
         work = Path(work_str)
         calibration = _calibration(config)
         model = prepare(config.target, work, task=config.task, int8=config.int8,
-                        calibration=calibration, step=tracker.note)
+                        calibration=calibration, step=tracker.note, layernorm=config.layernorm)
         dataset = _dataset(config, model)
         specs = _select(model.engines, config.engines)
         sample = sample_indices(len(dataset.texts), config.sample)
@@ -332,6 +335,7 @@ def _load(worker: WorkerClient, spec: EngineSpec, config: BenchConfig, model: Pr
         "pooling": model.pooling.to_dict() if model.pooling else None,
         "tokenizer": str(model.tokenizer_path), "texts_file": str(work / "texts.json"),
         "threads": config.threads, "attention": config.torch_attention,
+        "disabled_optimizers": list(spec.disabled_optimizers),
     })
     return EngineResult(
         spec=spec, load_seconds=float(reply["load_seconds"]),
