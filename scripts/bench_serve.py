@@ -180,7 +180,8 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
-    parser.add_argument("--min-fill", type=float, default=0.6)
+    parser.add_argument("--min-fill", type=float, default=0.5)
+    parser.add_argument("--call-overhead-tokens", type=int, default=32)
     parser.add_argument("--no-audit", action="store_true", help="serve without an audit log")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -218,7 +219,8 @@ def main() -> int:
                str(keys), "--rate-limit", "off", "--no-access-log", "--log-level", "warning",
                "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                "--max-batch-tokens", str(args.max_batch_tokens), "--min-fill",
-               str(args.min_fill), "--max-texts", str(max(64, per)),
+               str(args.min_fill), "--call-overhead-tokens", str(args.call_overhead_tokens),
+               "--max-texts", str(max(64, per)),
                "--queue-size", str(max(1024, args.concurrency * per * 2))]
     if not args.no_audit:
         command += ["--audit-log", str(workdir / "audit.log")]
@@ -258,6 +260,7 @@ def main() -> int:
         "concurrency": args.concurrency, "texts_per_request": per,
         "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
         "max_batch_tokens": args.max_batch_tokens, "min_fill": args.min_fill,
+        "call_overhead_tokens": args.call_overhead_tokens,
         "audit_log": not args.no_audit,
         "engine_texts_per_s": {name: [round(r, 1) for r in rounds]
                                for name, rounds in engine_rounds.items()},
@@ -287,7 +290,8 @@ def main() -> int:
         print(f"load: {args.concurrency} concurrent clients x {per} text(s)/request, "
               f"{best.requests} requests per round, {args.rounds} rounds (interleaved)")
         print(f"batching: max-batch {args.max_batch}, max-wait {args.max_wait_ms} ms, "
-              f"max-batch-tokens {args.max_batch_tokens}, min-fill {args.min_fill}; audit "
+              f"max-batch-tokens {args.max_batch_tokens}, min-fill {args.min_fill}, "
+              f"call-overhead-tokens {args.call_overhead_tokens}; audit "
               f"{'on (fsync)' if summary['audit_log'] else 'off'}")
         for name, rounds in summary["engine_texts_per_s"].items():
             print(f"raw Engine   : {max(rounds):8.1f} texts/s   rounds {rounds}  ({name} ORT "

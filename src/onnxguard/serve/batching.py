@@ -6,9 +6,10 @@ Runtime call (which releases the GIL, so the event loop keeps serving).
 
 Length bucketing: a batch is padded to its longest text, so the worker does not take the first N
 texts in arrival order.  It starts from the oldest text (so nothing starves) and grows the batch
-with the waiting texts closest to it in length, as long as real tokens stay at least ``min_fill``
-of the padded batch and rows x width stays within ``max_batch_tokens``.  Texts left out run in
-the next call, which starts at once.
+with the waiting texts closest to it in length while that lowers the cost per real token (a call
+costs a fixed overhead plus rows x padded width), real tokens stay at least ``min_fill`` of the
+padded batch and rows x width stays within ``max_batch_tokens``.  Texts left out run in the next
+call, which starts at once.
 
 Back-pressure: when the queue holds ``queue_size`` texts a new request is refused at once (503)
 instead of waiting behind a backlog it cannot get through; each request also has a deadline
@@ -256,8 +257,15 @@ class Batcher:
             self._depth -= dropped
 
     def _select(self) -> list[_Item]:
-        """The oldest text plus its nearest neighbours in length (see the module docstring)."""
+        """The oldest text plus neighbours in length, while the cost per real token falls.
+
+        Cost model of one call: ``call_overhead_tokens + rows x padded width`` (token units).
+        A neighbour joins when it lowers that cost per real token (it shares the fixed cost of
+        the call) and keeps real tokens >= ``min_fill`` of the padded batch; the shorter or
+        longer neighbour that gives the cheaper batch goes first.
+        """
         settings = self.settings
+        overhead = float(settings.call_overhead_tokens)
         window = self._pending[: self._scan]
         anchor = window[0]
         ordered = sorted(window, key=lambda item: item.length)
@@ -266,23 +274,24 @@ class Batcher:
         width = total = anchor.length
         count = 1
         while count < settings.max_batch:
-            best: tuple[float, int, int] | None = None  # (fill, new_lo, new_hi)
-            if lo > 0:
-                cand = ordered[lo - 1].length  # shorter: width unchanged
-                if (count + 1) * width <= settings.max_batch_tokens:
-                    best = ((total + cand) / ((count + 1) * width), lo - 1, hi)
-            if hi + 1 < len(ordered):
-                cand = ordered[hi + 1].length  # longer (or equal): width grows
-                if (count + 1) * cand <= settings.max_batch_tokens:
-                    fill = (total + cand) / ((count + 1) * cand)
-                    if best is None or fill > best[0]:
-                        best = (fill, lo, hi + 1)
-            if best is None or best[0] < settings.min_fill:
+            efficiency = total / (overhead + count * width)
+            best: tuple[float, int, int, int] | None = None  # (efficiency, lo, hi, width)
+            for new_lo, new_hi in ((lo - 1, hi), (lo, hi + 1)):
+                if new_lo < 0 or new_hi >= len(ordered):
+                    continue
+                new_width = max(width, ordered[new_hi].length)
+                padded = (count + 1) * new_width
+                real = total + ordered[new_lo if new_lo < lo else new_hi].length
+                if padded > settings.max_batch_tokens or real < settings.min_fill * padded:
+                    continue
+                candidate = real / (overhead + padded)
+                if best is None or candidate > best[0]:
+                    best = (candidate, new_lo, new_hi, new_width)
+            if best is None or best[0] < efficiency:
                 break
-            _, lo, hi = best
+            _, lo, hi, width = best
             count += 1
             total = sum(item.length for item in ordered[lo:hi + 1])
-            width = ordered[hi].length
         batch = ordered[lo:hi + 1]
         for item in batch:
             item.taken = True

@@ -102,8 +102,12 @@ class BatchSettings:
     """Texts waiting to run; beyond it requests get a fast 503 (back-pressure, not a backlog)."""
     timeout_s: float = 30.0
     """Per request, from arrival at the batcher to result (504 beyond)."""
-    min_fill: float = 0.6
+    min_fill: float = 0.5
     """Length bucketing: a batch keeps real tokens >= min_fill of its padded size."""
+    call_overhead_tokens: int = 32
+    """Length bucketing: the fixed cost of one ONNX Runtime call, in padded tokens.  A text joins
+    a batch only if it lowers the cost per real token: larger values favour fuller batches over
+    less padding (measured ~35 for MiniLM-L6 on 2 CPU threads)."""
     workers: int = 1
     """Threads that run ONNX Runtime; each call already uses all intra-op threads."""
 
@@ -114,6 +118,8 @@ class BatchSettings:
             raise UsageError("max-wait-ms must be >= 0 and the request timeout positive")
         if not 0.0 <= self.min_fill <= 1.0:
             raise UsageError("min-fill must be between 0 and 1")
+        if self.call_overhead_tokens < 0:
+            raise UsageError("call-overhead-tokens must be >= 0")
         if self.workers < 1:
             raise UsageError("batch workers must be at least 1")
 
