@@ -190,7 +190,7 @@ class Service:
         """Count and size limits, and valid Unicode, before any work is done."""
         limits = self.config.limits
         if not texts:
-            raise ApiError(422, "texts must hold at least one text")
+            raise ApiError(422, "at least one text is needed")
         if len(texts) > limits.max_texts:
             raise ApiError(413, f"too many texts: {len(texts)} (limit {limits.max_texts} per "
                            "request)")
