@@ -250,11 +250,13 @@ def prepare_output(out_dir: Path, *, force: bool) -> None:
             hint="choose an empty or new directory, or pass --force to replace it",
         )
     parent = out_dir.resolve().parent
-    if not parent.is_dir():
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise BundleError(
-            f"parent directory {parent} of the output does not exist",
-            hint=f"create it first: mkdir -p {parent}",
-        )
+            f"cannot create the output's parent directory {parent}: {exc.strerror}",
+            hint="choose an -o path in a directory you can write to",
+        ) from exc
 
 
 @contextlib.contextmanager

@@ -280,3 +280,11 @@ def test_allow_pickle_still_refuses_a_malicious_pickle(tiny_model_factory: Calla
                                  **FAST))
     assert "critical" in info.value.message and "pytorch_model.bin" in info.value.message
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+
+
+def test_output_parents_are_created(tiny_model_factory: Callable[..., Path],
+                                    tmp_path: Path) -> None:
+    out = tmp_path / "new" / "nested" / "bundle"
+    build_bundle(BuildConfig(out=out, source=str(tiny_model_factory("bert", "text-classification")),
+                             **FAST))
+    assert (out / "onnxguard.json").is_file()
