@@ -88,8 +88,9 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
-                   body: bytes) -> tuple[int, bytes]:
+async def _request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
+) -> tuple[int, bytes]:
     writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
     status_line = await reader.readline()
     if not status_line:
@@ -107,11 +108,14 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h
     return status, payload
 
 
-async def server_round(port: int, key: str, chunks: list[list[str]], concurrency: int,
-                       time_limit: float) -> ServerRound:
-    head = (f"POST /v1/classify HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-            "Content-Length: ").encode()
+async def server_round(
+    port: int, key: str, chunks: list[list[str]], concurrency: int, time_limit: float
+) -> ServerRound:
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        "Content-Length: "
+    ).encode()
     bodies = [json.dumps({"texts": chunk}).encode() for chunk in chunks]
     latencies: list[float] = []
     labels: list[list[str]] = [[] for _ in chunks]
@@ -143,10 +147,14 @@ async def server_round(port: int, key: str, chunks: list[list[str]], concurrency
     texts = sum(len(chunks[i]) for i in range(done))
     ordered = sorted(latencies)
     return ServerRound(
-        texts_per_s=texts / seconds, requests_per_s=done / seconds,
+        texts_per_s=texts / seconds,
+        requests_per_s=done / seconds,
         p50_ms=1000 * statistics.median(ordered),
         p99_ms=1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        requests=done, texts=texts, seconds=seconds, errors=errors,
+        requests=done,
+        texts=texts,
+        seconds=seconds,
+        errors=errors,
         labels=[label for chunk in labels for label in chunk],
     )
 
@@ -154,8 +162,9 @@ async def server_round(port: int, key: str, chunks: list[list[str]], concurrency
 def scrape(port: int, key: str) -> dict[str, float]:
     import urllib.request
 
-    request = urllib.request.Request(f"http://{HOST}:{port}/metrics",
-                                     headers={"Authorization": f"Bearer {key}"})
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}/metrics", headers={"Authorization": f"Bearer {key}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
     values: dict[str, float] = {}
@@ -173,8 +182,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--max-requests", type=int, default=2000,
-                        help="per server round (the texts are cycled to reach it)")
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=2000,
+        help="per server round (the texts are cycled to reach it)",
+    )
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round")
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--max-batch", type=int, default=32)
@@ -192,7 +205,7 @@ def main() -> int:
     per = max(1, args.texts_per_request)
     wanted = max(1, min(args.max_requests * per, 200_000))
     cycled = [texts[i % len(texts)] for i in range(max(wanted, len(texts)))]
-    chunks = [cycled[i:i + per] for i in range(0, len(cycled), per)][: args.max_requests]
+    chunks = [cycled[i : i + per] for i in range(0, len(cycled), per)][: args.max_requests]
 
     from onnxguard.serve.service import _NO_SPINNING, _session_config
 
@@ -209,19 +222,58 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="onnxguard-bench-"))
     keys = workdir / "keys.txt"
     new_key = subprocess.run(
-        [sys.executable, "-c", "from onnxguard.cli import main; main()", "apikey", "new",
-         "--id", "bench", "--scopes", "infer,metrics", "--keys-file", str(keys), "--json"],
-        check=True, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from onnxguard.cli import main; main()",
+            "apikey",
+            "new",
+            "--id",
+            "bench",
+            "--scopes",
+            "infer,metrics",
+            "--keys-file",
+            str(keys),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     key = json.loads(new_key.stdout)["secret"]
     port = free_port()
-    command = [sys.executable, "-c", "from onnxguard.cli import main; main()", "serve",
-               str(args.bundle), "--host", HOST, "--port", str(port), "--api-keys-file",
-               str(keys), "--rate-limit", "off", "--no-access-log", "--log-level", "warning",
-               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-               "--max-batch-tokens", str(args.max_batch_tokens), "--min-fill",
-               str(args.min_fill), "--call-overhead-tokens", str(args.call_overhead_tokens),
-               "--max-texts", str(max(64, per)),
-               "--queue-size", str(max(1024, args.concurrency * per * 2))]
+    command = [
+        sys.executable,
+        "-c",
+        "from onnxguard.cli import main; main()",
+        "serve",
+        str(args.bundle),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--api-keys-file",
+        str(keys),
+        "--rate-limit",
+        "off",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--max-batch-tokens",
+        str(args.max_batch_tokens),
+        "--min-fill",
+        str(args.min_fill),
+        "--call-overhead-tokens",
+        str(args.call_overhead_tokens),
+        "--max-texts",
+        str(max(64, per)),
+        "--queue-size",
+        str(max(1024, args.concurrency * per * 2)),
+    ]
     if not args.no_audit:
         command += ["--audit-log", str(workdir / "audit.log")]
     if args.threads:
@@ -239,8 +291,7 @@ def main() -> int:
                 engine_rounds[name].append(rate)
                 engine_cpu.append(cpu_per_text)
             server_before, client_before = process_cpu_s(server.pid), time.process_time()
-            result = asyncio.run(server_round(port, key, chunks, args.concurrency,
-                                              args.time_limit))
+            result = asyncio.run(server_round(port, key, chunks, args.concurrency, args.time_limit))
             result.server_cpu_s = process_cpu_s(server.pid) - server_before
             result.client_cpu_s = time.process_time() - client_before
             server_rounds.append(result)
@@ -255,57 +306,83 @@ def main() -> int:
     agree = sum(truth.get(t) == label for t, label in zip(served, best.labels, strict=False))
     batches = metrics.get("onnxguard_batch_size_count", 0.0)
     summary = {
-        "bundle": str(args.bundle), "precision": engine.manifest.precision,
-        "cores": available_cores(), "ort_threads": engine.threads,
-        "concurrency": args.concurrency, "texts_per_request": per,
-        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
-        "max_batch_tokens": args.max_batch_tokens, "min_fill": args.min_fill,
+        "bundle": str(args.bundle),
+        "precision": engine.manifest.precision,
+        "cores": available_cores(),
+        "ort_threads": engine.threads,
+        "concurrency": args.concurrency,
+        "texts_per_request": per,
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "max_batch_tokens": args.max_batch_tokens,
+        "min_fill": args.min_fill,
         "call_overhead_tokens": args.call_overhead_tokens,
         "audit_log": not args.no_audit,
-        "engine_texts_per_s": {name: [round(r, 1) for r in rounds]
-                               for name, rounds in engine_rounds.items()},
+        "engine_texts_per_s": {
+            name: [round(r, 1) for r in rounds] for name, rounds in engine_rounds.items()
+        },
         "server_texts_per_s": [round(r.texts_per_s, 1) for r in server_rounds],
         "best_engine_texts_per_s": round(best_engine, 1),
         "best_server_texts_per_s": round(best.texts_per_s, 1),
         "server_requests_per_s": round(best.requests_per_s, 1),
-        "p50_ms": round(best.p50_ms, 2), "p99_ms": round(best.p99_ms, 2),
+        "p50_ms": round(best.p50_ms, 2),
+        "p99_ms": round(best.p99_ms, 2),
         "ratio": round(best.texts_per_s / best_engine, 3),
-        "requests": best.requests, "errors": sum(r.errors for r in server_rounds),
+        "requests": best.requests,
+        "errors": sum(r.errors for r in server_rounds),
         "label_agreement": round(agree / max(1, len(best.labels)), 4),
         "mean_batch_size": round(metrics.get("onnxguard_batch_size_sum", 0.0) / batches, 2)
-        if batches else None,
-        "mean_padding_ratio": round(metrics.get("onnxguard_batch_padding_ratio_sum", 0.0)
-                                    / batches, 3) if batches else None,
+        if batches
+        else None,
+        "mean_padding_ratio": round(
+            metrics.get("onnxguard_batch_padding_ratio_sum", 0.0) / batches, 3
+        )
+        if batches
+        else None,
         "engine_cpu_ms_per_text": round(1000 * min(engine_cpu), 2),
         "server_cpu_ms_per_text": round(1000 * best.server_cpu_s / max(1, best.texts), 2),
         "client_cpu_ms_per_text": round(1000 * best.client_cpu_s / max(1, best.texts), 2),
     }
-    summary["cpu_ratio"] = round(summary["engine_cpu_ms_per_text"]
-                                 / max(1e-9, summary["server_cpu_ms_per_text"]), 3)
+    summary["cpu_ratio"] = round(
+        summary["engine_cpu_ms_per_text"] / max(1e-9, summary["server_cpu_ms_per_text"]), 3
+    )
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"bundle {summary['bundle']} ({summary['precision']}), {summary['cores']} cores, "
-              f"ORT {summary['ort_threads']} threads")
-        print(f"load: {args.concurrency} concurrent clients x {per} text(s)/request, "
-              f"{best.requests} requests per round, {args.rounds} rounds (interleaved)")
-        print(f"batching: max-batch {args.max_batch}, max-wait {args.max_wait_ms} ms, "
-              f"max-batch-tokens {args.max_batch_tokens}, min-fill {args.min_fill}, "
-              f"call-overhead-tokens {args.call_overhead_tokens}; audit "
-              f"{'on (fsync)' if summary['audit_log'] else 'off'}")
+        print(
+            f"bundle {summary['bundle']} ({summary['precision']}), {summary['cores']} cores, "
+            f"ORT {summary['ort_threads']} threads"
+        )
+        print(
+            f"load: {args.concurrency} concurrent clients x {per} text(s)/request, "
+            f"{best.requests} requests per round, {args.rounds} rounds (interleaved)"
+        )
+        print(
+            f"batching: max-batch {args.max_batch}, max-wait {args.max_wait_ms} ms, "
+            f"max-batch-tokens {args.max_batch_tokens}, min-fill {args.min_fill}, "
+            f"call-overhead-tokens {args.call_overhead_tokens}; audit "
+            f"{'on (fsync)' if summary['audit_log'] else 'off'}"
+        )
         for name, rounds in summary["engine_texts_per_s"].items():
-            print(f"raw Engine   : {max(rounds):8.1f} texts/s   rounds {rounds}  ({name} ORT "
-                  "threads)")
-        print(f"server       : {best.texts_per_s:8.1f} texts/s   rounds "
-              f"{summary['server_texts_per_s']}  ({best.requests_per_s:.1f} req/s)")
+            print(
+                f"raw Engine   : {max(rounds):8.1f} texts/s   rounds {rounds}  ({name} ORT threads)"
+            )
+        print(
+            f"server       : {best.texts_per_s:8.1f} texts/s   rounds "
+            f"{summary['server_texts_per_s']}  ({best.requests_per_s:.1f} req/s)"
+        )
         print(f"latency      : p50 {best.p50_ms:.1f} ms   p99 {best.p99_ms:.1f} ms")
         print(f"ratio        : {summary['ratio']:.1%} of the raw Engine (target >= 85%)")
-        print(f"CPU per text : engine {summary['engine_cpu_ms_per_text']} ms, server "
-              f"{summary['server_cpu_ms_per_text']} ms ({summary['cpu_ratio']:.1%} "
-              f"efficient), load generator {summary['client_cpu_ms_per_text']} ms")
-        print(f"batches      : mean size {summary['mean_batch_size']}, mean padding "
-              f"{summary['mean_padding_ratio']}; errors {summary['errors']}; labels agree "
-              f"{summary['label_agreement']:.2%}")
+        print(
+            f"CPU per text : engine {summary['engine_cpu_ms_per_text']} ms, server "
+            f"{summary['server_cpu_ms_per_text']} ms ({summary['cpu_ratio']:.1%} "
+            f"efficient), load generator {summary['client_cpu_ms_per_text']} ms"
+        )
+        print(
+            f"batches      : mean size {summary['mean_batch_size']}, mean padding "
+            f"{summary['mean_padding_ratio']}; errors {summary['errors']}; labels agree "
+            f"{summary['label_agreement']:.2%}"
+        )
     return 0
 
 
@@ -318,8 +395,9 @@ def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
         if server.poll() is not None:
             raise SystemExit(f"the server exited with {server.returncode}")
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/v2/health/ready",
-                                        timeout=2) as response:
+            with urllib.request.urlopen(
+                f"http://{HOST}:{port}/v2/health/ready", timeout=2
+            ) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -36,8 +36,16 @@ from onnxguard.serve.settings import (
 )
 from onnxguard.serve.testing import BackgroundServer
 
-TEXTS = ["a good movie", "the worst film ever", "i love it", "slow and boring plot",
-         "great acting", "no", "terrible service but the food was good", "it was fine"]
+TEXTS = [
+    "a good movie",
+    "the worst film ever",
+    "i love it",
+    "slow and boring plot",
+    "great acting",
+    "no",
+    "terrible service but the food was good",
+    "it was fine",
+]
 
 
 @dataclass(frozen=True)
@@ -53,9 +61,16 @@ class Keys:
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     infer, ops, metrics_only = generate_secret(), generate_secret(), generate_secret()
     path = tmp_path_factory.mktemp("keys") / "keys.txt"
-    path.write_text("\n".join([
-        key_line("client", infer), key_line("ops", ops, ["infer", "metrics"]),
-        key_line("scraper", metrics_only, ["metrics"])]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                key_line("client", infer),
+                key_line("ops", ops, ["infer", "metrics"]),
+                key_line("scraper", metrics_only, ["metrics"]),
+            ]
+        )
+        + "\n"
+    )
     path.chmod(0o600)
     return Keys(path, infer, ops, metrics_only)
 
@@ -76,7 +91,8 @@ def auth(secret: str) -> dict[str, str]:
 
 def config_for(bundle: Path, keys: Keys, tmp: Path, **changes: object) -> ServeConfig:
     base: dict[str, object] = {
-        "bundle": bundle, "api_keys_file": keys.path,
+        "bundle": bundle,
+        "api_keys_file": keys.path,
         "audit": AuditSettings(path=tmp / "audit.log"),
         "rate_limit": RateLimit(100_000, 60.0),
         "limits": Limits(max_body_bytes=64 * 1024, max_texts=8, max_chars=500, max_tokens=200),
@@ -99,8 +115,9 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def running(bundle: Path, keys: Keys, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Running]:
+def running(
+    bundle: Path, keys: Keys, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
     config = config_for(bundle, keys, tmp_path_factory.mktemp("serve"))
     with BackgroundServer(create_app(config)) as server:
         server.wait_ready()
@@ -118,22 +135,37 @@ def test_health_needs_no_key(running: Running) -> None:
     assert running.client.get("/v2/health/ready").status_code == 200
 
 
-@pytest.mark.parametrize("headers", [
-    {}, {"Authorization": "Bearer ogk_not-a-real-key-at-all-0000"},
-    {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer"},
-])
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/v1/classify"), ("POST", "/v2/models/x/infer"), ("GET", "/v2"),
-    ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/no/such/path"),
-])
-def test_401_without_or_with_a_wrong_key(running: Running, headers: dict[str, str],
-                                         method: str, path: str) -> None:
-    response = running.client.request(method, path, headers=headers,
-                                      json={"texts": ["x"]} if method == "POST" else None)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer ogk_not-a-real-key-at-all-0000"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer"},
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/classify"),
+        ("POST", "/v2/models/x/infer"),
+        ("GET", "/v2"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/no/such/path"),
+    ],
+)
+def test_401_without_or_with_a_wrong_key(
+    running: Running, headers: dict[str, str], method: str, path: str
+) -> None:
+    response = running.client.request(
+        method, path, headers=headers, json={"texts": ["x"]} if method == "POST" else None
+    )
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
-    assert response.json() == {"error": "missing or invalid API key "
-                                        "(send Authorization: Bearer KEY)"}
+    assert response.json() == {
+        "error": "missing or invalid API key (send Authorization: Bearer KEY)"
+    }
 
 
 def test_403_when_the_key_lacks_the_scope(running: Running, keys: Keys) -> None:
@@ -157,7 +189,8 @@ def test_classify_matches_the_engine(running: Running, keys: Keys, engine: Engin
 
 
 def test_concurrent_requests_share_batches_and_keep_their_results(
-        running: Running, keys: Keys, engine: Engine) -> None:
+    running: Running, keys: Keys, engine: Engine
+) -> None:
     expected = {t: r["label"] for t, r in zip(TEXTS, engine.predict(TEXTS), strict=True)}
     jobs = [[TEXTS[i % len(TEXTS)], TEXTS[(i * 3) % len(TEXTS)]] for i in range(48)]
     before = _metric(running.client, keys, "onnxguard_batch_size_count")
@@ -181,19 +214,28 @@ def test_embed_on_a_classifier_is_a_clear_400(running: Running, keys: Keys) -> N
     assert "/v1/classify" in response.json()["error"]
 
 
-def test_v2_json_inference_and_unknown_models(running: Running, keys: Keys,
-                                              engine: Engine) -> None:
-    request = {"id": "r1", "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES",
-                                       "data": [["a good movie"], ["i love it"]]}],
-               "outputs": [{"name": "label"}, {"name": "probabilities"}]}
+def test_v2_json_inference_and_unknown_models(running: Running, keys: Keys, engine: Engine) -> None:
+    request = {
+        "id": "r1",
+        "inputs": [
+            {
+                "name": "text",
+                "shape": [2, 1],
+                "datatype": "BYTES",
+                "data": [["a good movie"], ["i love it"]],
+            }
+        ],
+        "outputs": [{"name": "label"}, {"name": "probabilities"}],
+    }
     url = f"/v2/models/{engine.name}/infer"
     response = running.client.post(url, json=request, headers=auth(keys.infer))
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["id"] == "r1" and body["model_name"] == engine.name
     assert [o["name"] for o in body["outputs"]] == ["label", "probabilities"]
-    assert body["outputs"][0]["data"] == [r["label"] for r in
-                                          engine.predict(["a good movie", "i love it"])]
+    assert body["outputs"][0]["data"] == [
+        r["label"] for r in engine.predict(["a good movie", "i love it"])
+    ]
     assert body["outputs"][1]["shape"] == [2, len(engine.labels)]
     for path in ("/v2/models/other/infer", f"/v2/models/{engine.name}/versions/2/infer"):
         missing = running.client.post(path, json=request, headers=auth(keys.infer))
@@ -205,8 +247,11 @@ def test_v2_json_inference_and_unknown_models(running: Running, keys: Keys,
 # --- limits and malformed input ------------------------------------------------------------------
 def test_413_for_a_large_body(running: Running, keys: Keys) -> None:
     big = json.dumps({"texts": ["x" * 400] * 200}).encode()
-    response = running.client.post("/v1/classify", content=big, headers={
-        **auth(keys.infer), "Content-Type": "application/json"})
+    response = running.client.post(
+        "/v1/classify",
+        content=big,
+        headers={**auth(keys.infer), "Content-Type": "application/json"},
+    )
     assert response.status_code == 413 and "exceeds" in response.json()["error"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
@@ -215,51 +260,74 @@ def test_413_for_a_large_body(running: Running, keys: Keys) -> None:
             yield b"y" * 1024
         yield b'"]}'
 
-    response = running.client.post("/v1/classify", content=chunks(), headers={
-        **auth(keys.infer), "Content-Type": "application/json"})
+    response = running.client.post(
+        "/v1/classify",
+        content=chunks(),
+        headers={**auth(keys.infer), "Content-Type": "application/json"},
+    )
     assert response.status_code == 413
 
 
 def test_413_for_a_gzip_bomb(running: Running, keys: Keys) -> None:
     bomb = gzip.compress(b'{"texts": ["' + b"a" * (20 * 1024 * 1024) + b'"]}')
     assert len(bomb) < 64 * 1024  # the compressed body itself is within the limit
-    response = running.client.post("/v1/classify", content=bomb, headers={
-        **auth(keys.infer), "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    response = running.client.post(
+        "/v1/classify",
+        content=bomb,
+        headers={
+            **auth(keys.infer),
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        },
+    )
     assert response.status_code == 413
     assert "decompressed" in response.json()["error"]
     fine = gzip.compress(json.dumps({"texts": ["a good movie"]}).encode())
-    response = running.client.post("/v1/classify", content=fine, headers={
-        **auth(keys.infer), "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    response = running.client.post(
+        "/v1/classify",
+        content=fine,
+        headers={
+            **auth(keys.infer),
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        },
+    )
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize(("texts", "message"), [
-    (["x"] * 9, "too many texts"),
-    (["x" * 501], "characters"),
-    (["good " * 60] * 4, "too many tokens"),
-])
-def test_413_for_input_limits(running: Running, keys: Keys, texts: list[str],
-                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        (["x"] * 9, "too many texts"),
+        (["x" * 501], "characters"),
+        (["good " * 60] * 4, "too many tokens"),
+    ],
+)
+def test_413_for_input_limits(running: Running, keys: Keys, texts: list[str], message: str) -> None:
     response = classify(running.client, keys.infer, texts)
     assert response.status_code == 413 and message in response.json()["error"]
 
 
-@pytest.mark.parametrize(("body", "content_type", "status"), [
-    (b'{"texts": ["x"', "application/json", 400),
-    (b"\xff\xfe", "application/json", 400),
-    (b'{"texts": ["x"], "extra": 1}', "application/json", 422),
-    (b'{"texts": "x"}', "application/json", 422),
-    (b'{"texts": []}', "application/json", 422),
-    (b'{"texts": [1, 2]}', "application/json", 422),
-    (b'{"texts": [null]}', "application/json", 422),
-    (b'["x"]', "application/json", 422),
-    (b"{}", "application/json", 422),
-    (b'{"texts": ["\\ud800"]}', "application/json", 400),  # lone surrogate: not JSON text
-    (b'{"texts": ["x"]}', "text/plain", 415),
-    (b'{"texts": ["x"]}', "", 415),
-])
-def test_malformed_input_is_4xx_never_500(running: Running, keys: Keys, body: bytes,
-                                          content_type: str, status: int) -> None:
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b'{"texts": ["x"', "application/json", 400),
+        (b"\xff\xfe", "application/json", 400),
+        (b'{"texts": ["x"], "extra": 1}', "application/json", 422),
+        (b'{"texts": "x"}', "application/json", 422),
+        (b'{"texts": []}', "application/json", 422),
+        (b'{"texts": [1, 2]}', "application/json", 422),
+        (b'{"texts": [null]}', "application/json", 422),
+        (b'["x"]', "application/json", 422),
+        (b"{}", "application/json", 422),
+        (b'{"texts": ["\\ud800"]}', "application/json", 400),  # lone surrogate: not JSON text
+        (b'{"texts": ["x"]}', "text/plain", 415),
+        (b'{"texts": ["x"]}', "", 415),
+    ],
+)
+def test_malformed_input_is_4xx_never_500(
+    running: Running, keys: Keys, body: bytes, content_type: str, status: int
+) -> None:
     headers = {**auth(keys.infer)}
     if content_type:
         headers["Content-Type"] = content_type
@@ -277,15 +345,20 @@ def test_unknown_paths_and_methods(running: Running, keys: Keys) -> None:
 # --- headers, metrics, audit, logs ---------------------------------------------------------------
 def test_security_headers_and_no_cors_by_default(running: Running, keys: Keys) -> None:
     first = classify(running.client, keys.infer, ["x"])
-    second = running.client.post("/v1/classify", json={"texts": ["x"]}, headers={
-        **auth(keys.infer), "Origin": "https://evil.example"})
+    second = running.client.post(
+        "/v1/classify",
+        json={"texts": ["x"]},
+        headers={**auth(keys.infer), "Origin": "https://evil.example"},
+    )
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
     assert first.headers["cache-control"] == "no-store"
     assert first.headers["x-content-type-options"] == "nosniff"
     assert "server" not in first.headers
     assert "access-control-allow-origin" not in second.headers
-    preflight = running.client.options("/v1/classify", headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    preflight = running.client.options(
+        "/v1/classify",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert "access-control-allow-origin" not in preflight.headers
 
 
@@ -298,8 +371,7 @@ def _metric(client: httpx.Client, keys: Keys, name: str) -> float:
     return 0.0
 
 
-def test_metrics_cover_requests_latency_queue_batches_padding(running: Running,
-                                                              keys: Keys) -> None:
+def test_metrics_cover_requests_latency_queue_batches_padding(running: Running, keys: Keys) -> None:
     classify(running.client, keys.infer, TEXTS)
     classify(running.client, "wrong-key-wrong-key-wrong", TEXTS)
     text = running.client.get("/metrics", headers=auth(keys.ops)).text
@@ -307,17 +379,22 @@ def test_metrics_cover_requests_latency_queue_batches_padding(running: Running,
         'onnxguard_requests_total{endpoint="/v1/classify",status="200"}',
         'onnxguard_requests_total{endpoint="/v1/classify",status="401"}',
         'onnxguard_request_duration_seconds_bucket{endpoint="/v1/classify"',
-        "onnxguard_queue_wait_seconds_count", "onnxguard_batch_size_bucket",
-        "onnxguard_batch_padding_ratio_sum", "onnxguard_requests_in_flight",
-        "onnxguard_queue_depth", "onnxguard_ready 1.0", "onnxguard_model_info{",
+        "onnxguard_queue_wait_seconds_count",
+        "onnxguard_batch_size_bucket",
+        "onnxguard_batch_padding_ratio_sum",
+        "onnxguard_requests_in_flight",
+        "onnxguard_queue_depth",
+        "onnxguard_ready 1.0",
+        "onnxguard_model_info{",
         'onnxguard_rejected_total{reason="unauthorized"}',
     ):
         assert needle in text, needle
     assert "/no/such/path" not in text  # labels are route templates, never raw paths
 
 
-def test_audit_log_records_every_request_and_verifies(running: Running, keys: Keys,
-                                                      engine: Engine) -> None:
+def test_audit_log_records_every_request_and_verifies(
+    running: Running, keys: Keys, engine: Engine
+) -> None:
     texts = ["an audited text", "another one"]
     ok = classify(running.client, keys.infer, texts)
     denied = classify(running.client, "ogk_definitely-not-a-valid-key", texts)
@@ -330,8 +407,7 @@ def test_audit_log_records_every_request_and_verifies(running: Running, keys: Ke
     assert record["model"] == engine.name and record["bundle_digest"] == engine.digest
     assert record["client"] == "127.0.0.1" and record["latency_ms"] > 0
     refused = by_id[denied.headers["x-request-id"]]
-    assert (refused["status"], refused["outcome"], refused["key_id"]) == \
-        (401, "unauthorized", None)
+    assert (refused["status"], refused["outcome"], refused["key_id"]) == (401, "unauthorized", None)
     raw = running.audit_path.read_text()
     assert "an audited text" not in raw and keys.infer not in raw
     assert not any(r.get("endpoint") == "/v2/health/live" for r in records)
@@ -339,14 +415,17 @@ def test_audit_log_records_every_request_and_verifies(running: Running, keys: Ke
     assert report.ok, report.problems
 
 
-def test_text_and_keys_never_reach_the_logs(running: Running, keys: Keys,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_text_and_keys_never_reach_the_logs(
+    running: Running, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
     secret_text = "my very private sentence 4711"
     with caplog.at_level(logging.DEBUG):
         classify(running.client, keys.infer, [secret_text])
-        running.client.post("/v1/classify", content=b'{"texts": ["' + secret_text.encode()
-                            + b'"], "x": 1}', headers={**auth(keys.infer),
-                                                      "Content-Type": "application/json"})
+        running.client.post(
+            "/v1/classify",
+            content=b'{"texts": ["' + secret_text.encode() + b'"], "x": 1}',
+            headers={**auth(keys.infer), "Content-Type": "application/json"},
+        )
         classify(running.client, keys.infer + "x", [secret_text])
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "POST /v1/classify 200" in logged  # the access log is there
@@ -375,14 +454,16 @@ def test_429_past_the_rate_with_retry_after(bundle: Path, keys: Keys, tmp_path: 
 
 
 def test_503_under_overload_is_fast(bundle: Path, keys: Keys, tmp_path: Path) -> None:
-    config = config_for(bundle, keys, tmp_path,
-                        batching=BatchSettings(queue_size=2, max_wait_ms=1500, max_batch=64))
-    with BackgroundServer(create_app(config)) as server, \
-            httpx.Client(base_url=server.url, timeout=30) as c:
+    config = config_for(
+        bundle, keys, tmp_path, batching=BatchSettings(queue_size=2, max_wait_ms=1500, max_batch=64)
+    )
+    with (
+        BackgroundServer(create_app(config)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as c,
+    ):
         server.wait_ready()
         first: list[httpx.Response] = []
-        holder = threading.Thread(target=lambda: first.append(
-            classify(c, keys.infer, ["a", "b"])))
+        holder = threading.Thread(target=lambda: first.append(classify(c, keys.infer, ["a", "b"])))
         holder.start()
         _wait_for(lambda: _metric(c, keys, "onnxguard_queue_depth") >= 2)
         refused = classify(c, keys.infer, ["c"])
@@ -394,16 +475,21 @@ def test_503_under_overload_is_fast(bundle: Path, keys: Keys, tmp_path: Path) ->
 
 
 def test_504_past_the_request_timeout(bundle: Path, keys: Keys, tmp_path: Path) -> None:
-    config = config_for(bundle, keys, tmp_path,
-                        batching=BatchSettings(timeout_s=0.3, max_wait_ms=3000, max_batch=64))
+    config = config_for(
+        bundle,
+        keys,
+        tmp_path,
+        batching=BatchSettings(timeout_s=0.3, max_wait_ms=3000, max_batch=64),
+    )
     with BackgroundServer(create_app(config)) as server, httpx.Client(base_url=server.url) as c:
         server.wait_ready()
         response = classify(c, keys.infer, ["x"])
     assert response.status_code == 504 and "no result" in response.json()["error"]
 
 
-def test_ready_only_after_verification_and_warm_up(bundle: Path, keys: Keys,
-                                                   tmp_path: Path) -> None:
+def test_ready_only_after_verification_and_warm_up(
+    bundle: Path, keys: Keys, tmp_path: Path
+) -> None:
     release = threading.Event()
     config = config_for(bundle, keys, tmp_path)
     real_loader = default_loader(config)
@@ -439,44 +525,51 @@ def test_a_tampered_bundle_never_becomes_ready(bundle: Path, keys: Keys, tmp_pat
         failed.set()
 
     config = config_for(tampered, keys, tmp_path)
-    with BackgroundServer(create_app(config, on_fatal=on_fatal)) as server, \
-            httpx.Client(base_url=server.url) as c:
+    with (
+        BackgroundServer(create_app(config, on_fatal=on_fatal)) as server,
+        httpx.Client(base_url=server.url) as c,
+    ):
         assert failed.wait(30)
         assert c.get("/v2/health/ready").status_code == 503
     assert isinstance(failures[0], HashMismatchError)
 
 
 def test_docs_public_and_off(bundle: Path, keys: Keys, tmp_path: Path) -> None:
-    for mode, status_without_key, status_with_key in ((DocsMode.PUBLIC, 200, 200),
-                                                     (DocsMode.OFF, 401, 404)):
+    for mode, status_without_key, status_with_key in (
+        (DocsMode.PUBLIC, 200, 200),
+        (DocsMode.OFF, 401, 404),
+    ):
         config = config_for(bundle, keys, tmp_path, docs=mode)
-        with BackgroundServer(create_app(config)) as server, \
-                httpx.Client(base_url=server.url) as c:
+        with BackgroundServer(create_app(config)) as server, httpx.Client(base_url=server.url) as c:
             assert c.get("/openapi.json").status_code == status_without_key
-            assert c.get("/openapi.json", headers=auth(keys.infer)).status_code == \
-                status_with_key
+            assert c.get("/openapi.json", headers=auth(keys.infer)).status_code == status_with_key
 
 
 def test_cors_only_for_listed_origins(bundle: Path, keys: Keys, tmp_path: Path) -> None:
     config = config_for(bundle, keys, tmp_path, cors_origins=("https://app.example",))
     with BackgroundServer(create_app(config)) as server, httpx.Client(base_url=server.url) as c:
         server.wait_ready()
-        allowed = c.options("/v1/classify", headers={
-            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization,content-type"})
-        other = c.options("/v1/classify", headers={
-            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+        allowed = c.options(
+            "/v1/classify",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        other = c.options(
+            "/v1/classify",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
 
 
 def test_unauthenticated_mode_limits_per_client(bundle: Path, tmp_path: Path) -> None:
-    config = ServeConfig(bundle=bundle, allow_unauthenticated=True,
-                         rate_limit=RateLimit(2, 60.0))
+    config = ServeConfig(bundle=bundle, allow_unauthenticated=True, rate_limit=RateLimit(2, 60.0))
     with BackgroundServer(create_app(config)) as server, httpx.Client(base_url=server.url) as c:
         server.wait_ready()
-        statuses = [c.post("/v1/classify", json={"texts": ["x"]}).status_code
-                    for _ in range(3)]
+        statuses = [c.post("/v1/classify", json={"texts": ["x"]}).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
 
 
@@ -488,8 +581,13 @@ def test_embeddings(tiny_bundle_factory: Callable[..., Path], keys: Keys, tmp_pa
         server.wait_ready()
         response = c.post("/v1/embed", json={"texts": TEXTS[:3]}, headers=auth(keys.infer))
         wrong = classify(c, keys.infer, ["x"])
-        v2 = c.post(f"/v2/models/{engine.name}/infer", headers=auth(keys.infer), json={
-            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]})
+        v2 = c.post(
+            f"/v2/models/{engine.name}/infer",
+            headers=auth(keys.infer),
+            json={
+                "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[0]]}]
+            },
+        )
     body = response.json()
     expected = engine.predict(TEXTS[:3])
     assert body["dimensions"] == len(expected[0]["embedding"])
@@ -500,16 +598,20 @@ def test_embeddings(tiny_bundle_factory: Callable[..., Path], keys: Keys, tmp_pa
     assert output["shape"] == [1, body["dimensions"]]
 
 
-def test_token_classification(tiny_bundle_factory: Callable[..., Path], keys: Keys,
-                              tmp_path: Path) -> None:
+def test_token_classification(
+    tiny_bundle_factory: Callable[..., Path], keys: Keys, tmp_path: Path
+) -> None:
     bundle = tiny_bundle_factory("bert", "token-classification", "dynamic")
     engine = Engine.from_bundle(bundle)
     config = config_for(bundle, keys, tmp_path)
     with BackgroundServer(create_app(config)) as server, httpx.Client(base_url=server.url) as c:
         server.wait_ready()
         v1 = classify(c, keys.infer, ["a good movie", "no"])
-        v2 = c.post(f"/v2/models/{engine.name}/infer", headers=auth(keys.infer), json={
-            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["no"]}]})
+        v2 = c.post(
+            f"/v2/models/{engine.name}/infer",
+            headers=auth(keys.infer),
+            json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["no"]}]},
+        )
     results = v1.json()["results"]
     assert results == engine.predict(["a good movie", "no"])
     (output,) = v2.json()["outputs"]

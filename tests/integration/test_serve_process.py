@@ -41,21 +41,38 @@ def bundle(tiny_bundle_factory: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    made = cli("apikey", "new", "--id", "tester", "--scopes", "infer,metrics", "--keys-file",
-               str(keys), "--json")
+    made = cli(
+        "apikey",
+        "new",
+        "--id",
+        "tester",
+        "--scopes",
+        "infer,metrics",
+        "--keys-file",
+        str(keys),
+        "--json",
+    )
     assert made.returncode == 0, made.stderr
     return json.loads(made.stdout)["secret"], keys
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], port: int, scheme: str = "http",
-                 verify: ssl.SSLContext | bool = False) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        scheme: str = "http",
+        verify: ssl.SSLContext | bool = False,
+    ) -> None:
         self.port = port
         self.url = f"{scheme}://127.0.0.1:{port}"
         self.verify = verify
-        self.process = subprocess.Popen([*CLI, "serve", *args, "--port", str(port)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
+        self.process = subprocess.Popen(
+            [*CLI, "serve", *args, "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -63,8 +80,12 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited: {self.process.communicate()[1]}")
             try:
-                if httpx.get(self.url + "/v2/health/ready", verify=self.verify,
-                             timeout=2).status_code == 200:
+                if (
+                    httpx.get(
+                        self.url + "/v2/health/ready", verify=self.verify, timeout=2
+                    ).status_code
+                    == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass
@@ -81,8 +102,9 @@ class ServerProcess:
 def serve() -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def start(*args: str, scheme: str = "http",
-              verify: ssl.SSLContext | bool = False) -> ServerProcess:
+    def start(
+        *args: str, scheme: str = "http", verify: ssl.SSLContext | bool = False
+    ) -> ServerProcess:
         server = ServerProcess(list(args), free_port(), scheme, verify)
         started.append(server)
         return server
@@ -92,21 +114,33 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
         server.stop()
 
 
-def test_sigterm_finishes_every_accepted_request(bundle: Path, key: tuple[str, Path],
-                                                 tmp_path: Path,
-                                                 serve: Callable[..., ServerProcess]) -> None:
+def test_sigterm_finishes_every_accepted_request(
+    bundle: Path, key: tuple[str, Path], tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
     secret, keys = key
     audit = tmp_path / "audit.log"
-    server = serve(str(bundle), "--api-keys-file", str(keys), "--audit-log", str(audit),
-                   "--rate-limit", "off", "--max-wait-ms", "1500", "--max-batch", "64")
+    server = serve(
+        str(bundle),
+        "--api-keys-file",
+        str(keys),
+        "--audit-log",
+        str(audit),
+        "--rate-limit",
+        "off",
+        "--max-wait-ms",
+        "1500",
+        "--max-batch",
+        "64",
+    )
     server.wait_ready()
     headers = {"Authorization": f"Bearer {secret}"}
     responses: list[httpx.Response] = []
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        response = httpx.post(server.url + "/v1/classify", json={"texts": [f"text {i}"]},
-                              headers=headers, timeout=60)
+        response = httpx.post(
+            server.url + "/v1/classify", json={"texts": [f"text {i}"]}, headers=headers, timeout=60
+        )
         with lock:
             responses.append(response)
 
@@ -116,8 +150,11 @@ def test_sigterm_finishes_every_accepted_request(bundle: Path, key: tuple[str, P
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # all 20 accepted and waiting in the batching queue
         metrics = httpx.get(server.url + "/metrics", headers=headers).text
-        depth = next(float(line.split()[1]) for line in metrics.splitlines()
-                     if line.startswith("onnxguard_queue_depth "))
+        depth = next(
+            float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("onnxguard_queue_depth ")
+        )
         if depth >= 20:
             break
         time.sleep(0.02)
@@ -139,15 +176,19 @@ def test_sigterm_finishes_every_accepted_request(bundle: Path, key: tuple[str, P
     assert {r.headers["x-request-id"] for r in responses} <= ids
 
 
-def test_audit_verify_cli_exit_codes(bundle: Path, key: tuple[str, Path], tmp_path: Path,
-                                     serve: Callable[..., ServerProcess]) -> None:
+def test_audit_verify_cli_exit_codes(
+    bundle: Path, key: tuple[str, Path], tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
     secret, keys = key
     audit = tmp_path / "audit.log"
     server = serve(str(bundle), "--api-keys-file", str(keys), "--audit-log", str(audit))
     server.wait_ready()
     for text in ("one", "two", "three"):
-        httpx.post(server.url + "/v1/classify", json={"texts": [text]},
-                   headers={"Authorization": f"Bearer {secret}"})
+        httpx.post(
+            server.url + "/v1/classify",
+            json={"texts": [text]},
+            headers={"Authorization": f"Bearer {secret}"},
+        )
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0
     good = cli("audit", "verify", str(audit))
@@ -167,10 +208,9 @@ def test_audit_verify_cli_exit_codes(bundle: Path, key: tuple[str, Path], tmp_pa
     assert result.returncode == 7 and "chain broken" in result.stderr
 
 
-def test_a_tampered_bundle_stops_the_server_with_exit_7(bundle: Path, key: tuple[str, Path],
-                                                        tmp_path: Path,
-                                                        serve: Callable[..., ServerProcess]
-                                                        ) -> None:
+def test_a_tampered_bundle_stops_the_server_with_exit_7(
+    bundle: Path, key: tuple[str, Path], tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
     tampered = tmp_path / "bundle"
     shutil.copytree(bundle, tampered)
     (tampered / "tokenizer.json").write_text((tampered / "tokenizer.json").read_text() + " ")
@@ -214,15 +254,29 @@ def test_apikey_new_prints_secret_and_line(tmp_path: Path) -> None:
     assert cli("apikey", "new", "--id", "x", "--scopes", "admin").returncode == 2
 
 
-def test_tls(bundle: Path, key: tuple[str, Path], tmp_path: Path,
-             serve: Callable[..., ServerProcess]) -> None:
+def test_tls(
+    bundle: Path, key: tuple[str, Path], tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
     cert, private = _self_signed(tmp_path)
     trust = ssl.create_default_context(cafile=str(cert))
-    server = serve(str(bundle), "--api-keys-file", str(key[1]), "--tls-cert", str(cert),
-                   "--tls-key", str(private), scheme="https", verify=trust)
+    server = serve(
+        str(bundle),
+        "--api-keys-file",
+        str(key[1]),
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(private),
+        scheme="https",
+        verify=trust,
+    )
     server.wait_ready()
-    response = httpx.post(server.url + "/v1/classify", json={"texts": ["secure"]},
-                          headers={"Authorization": f"Bearer {key[0]}"}, verify=trust)
+    response = httpx.post(
+        server.url + "/v1/classify",
+        json={"texts": ["secure"]},
+        headers={"Authorization": f"Bearer {key[0]}"},
+        verify=trust,
+    )
     assert response.status_code == 200
     with pytest.raises(httpx.HTTPError):  # plain HTTP is not spoken on the TLS port
         httpx.get(f"http://127.0.0.1:{server.port}/v2/health/live", timeout=5)
@@ -239,18 +293,29 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(private.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(private, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_path.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     os.chmod(key_path, 0o600)
     return cert_path, key_path

@@ -30,14 +30,19 @@ def secret() -> str:
 
 
 @pytest.fixture(scope="module")
-def client(engine: Engine, secret: str, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[triton.InferenceServerClient]:
+def client(
+    engine: Engine, secret: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[triton.InferenceServerClient]:
     tmp = tmp_path_factory.mktemp("triton")
     keys = tmp / "keys.txt"
     keys.write_text(key_line("triton", secret) + "\n")
     keys.chmod(0o600)
-    config = ServeConfig(bundle=engine.bundle.path, api_keys_file=keys, model_name="sentiment",
-                         audit=AuditSettings(path=tmp / "audit.log"))
+    config = ServeConfig(
+        bundle=engine.bundle.path,
+        api_keys_file=keys,
+        model_name="sentiment",
+        audit=AuditSettings(path=tmp / "audit.log"),
+    )
     with BackgroundServer(create_app(config)) as server:
         server.wait_ready()
         with triton.InferenceServerClient(url=f"127.0.0.1:{server.port}") as c:
@@ -48,8 +53,7 @@ def headers(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-def text_input(texts: list[str], binary: bool, shape: list[int] | None = None
-               ) -> triton.InferInput:
+def text_input(texts: list[str], binary: bool, shape: list[int] | None = None) -> triton.InferInput:
     array = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
     array = array.reshape(shape or [len(texts)])
     tensor = triton.InferInput("text", list(array.shape), "BYTES")
@@ -57,8 +61,9 @@ def text_input(texts: list[str], binary: bool, shape: list[int] | None = None
     return tensor
 
 
-def test_health_and_metadata(client: triton.InferenceServerClient, secret: str,
-                             engine: Engine) -> None:
+def test_health_and_metadata(
+    client: triton.InferenceServerClient, secret: str, engine: Engine
+) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("sentiment", headers=headers(secret))
     assert not client.is_model_ready("other", headers=headers(secret))
@@ -73,12 +78,20 @@ def test_health_and_metadata(client: triton.InferenceServerClient, secret: str,
 
 
 @pytest.mark.parametrize("binary", [False, True])
-def test_infer_json_and_binary(client: triton.InferenceServerClient, secret: str,
-                               engine: Engine, binary: bool) -> None:
-    outputs = [triton.InferRequestedOutput(name, binary_data=binary)
-               for name in ("logits", "probabilities", "label")]
-    result = client.infer("sentiment", [text_input(TEXTS, binary)], outputs=outputs,
-                          headers=headers(secret), request_id="abc")
+def test_infer_json_and_binary(
+    client: triton.InferenceServerClient, secret: str, engine: Engine, binary: bool
+) -> None:
+    outputs = [
+        triton.InferRequestedOutput(name, binary_data=binary)
+        for name in ("logits", "probabilities", "label")
+    ]
+    result = client.infer(
+        "sentiment",
+        [text_input(TEXTS, binary)],
+        outputs=outputs,
+        headers=headers(secret),
+        request_id="abc",
+    )
     expected = engine.predict(TEXTS)
     labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
     assert labels == [r["label"] for r in expected]
@@ -87,34 +100,51 @@ def test_infer_json_and_binary(client: triton.InferenceServerClient, secret: str
     assert probabilities.dtype == np.float32
     # Dynamic int8 quantizes activations with a scale per batch, so a text's scores move in the
     # 5th decimal with its batch-mates: the server batches across requests, the Engine did not.
-    np.testing.assert_allclose(probabilities.max(axis=1), [r["score"] for r in expected],
-                               atol=1e-3)
+    np.testing.assert_allclose(probabilities.max(axis=1), [r["score"] for r in expected], atol=1e-3)
     assert result.as_numpy("logits").shape == (len(TEXTS), len(engine.labels))
     assert result.get_response()["id"] == "abc"
 
 
-def test_default_outputs_compression_versions_and_top_k(client: triton.InferenceServerClient,
-                                                        secret: str, engine: Engine) -> None:
+def test_default_outputs_compression_versions_and_top_k(
+    client: triton.InferenceServerClient, secret: str, engine: Engine
+) -> None:
     # No outputs listed: tritonclient asks for all of them, binary.
-    result = client.infer("sentiment", [text_input(TEXTS, True, [len(TEXTS), 1])],
-                          headers=headers(secret), request_compression_algorithm="gzip")
+    result = client.infer(
+        "sentiment",
+        [text_input(TEXTS, True, [len(TEXTS), 1])],
+        headers=headers(secret),
+        request_compression_algorithm="gzip",
+    )
     assert [o["name"] for o in result.get_response()["outputs"]] == [
-        "logits", "probabilities", "label"]
+        "logits",
+        "probabilities",
+        "label",
+    ]
     assert result.as_numpy("label").shape == (len(TEXTS),)
-    versioned = client.infer("sentiment", [text_input(TEXTS[:1], False)], model_version="1",
-                             headers=headers(secret), request_compression_algorithm="deflate")
+    versioned = client.infer(
+        "sentiment",
+        [text_input(TEXTS[:1], False)],
+        model_version="1",
+        headers=headers(secret),
+        request_compression_algorithm="deflate",
+    )
     assert versioned.as_numpy("logits").shape == (1, len(engine.labels))
-    top = client.infer("sentiment", [text_input(TEXTS[:2], False)], headers=headers(secret),
-                       outputs=[triton.InferRequestedOutput("probabilities", binary_data=False,
-                                                            class_count=1)])
-    entries = [x.decode() if isinstance(x, bytes) else x
-               for x in top.as_numpy("probabilities").ravel()]
+    top = client.infer(
+        "sentiment",
+        [text_input(TEXTS[:2], False)],
+        headers=headers(secret),
+        outputs=[triton.InferRequestedOutput("probabilities", binary_data=False, class_count=1)],
+    )
+    entries = [
+        x.decode() if isinstance(x, bytes) else x for x in top.as_numpy("probabilities").ravel()
+    ]
     labels = [e.split(":")[2] for e in entries]
     assert labels == [r["label"] for r in engine.predict(TEXTS[:2])]
 
 
-def test_errors_reach_the_client_as_exceptions(client: triton.InferenceServerClient,
-                                               secret: str) -> None:
+def test_errors_reach_the_client_as_exceptions(
+    client: triton.InferenceServerClient, secret: str
+) -> None:
     with pytest.raises(InferenceServerException, match="API key") as info:
         client.infer("sentiment", [text_input(["x"], True)])
     assert info.value.status() == "401"

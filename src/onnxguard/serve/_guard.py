@@ -86,9 +86,17 @@ class _ClientGone(Exception):
 class Guard:
     """Wraps the FastAPI app (inside Starlette's error middleware, outside the router)."""
 
-    def __init__(self, app: ASGIApp, *, config: ServeConfig, keys: KeyStore | None,
-                 limiter: RateLimiter | None, audit: AuditLog | None, metrics: ServeMetrics,
-                 model_info: Callable[[], tuple[str | None, str | None]]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: ServeConfig,
+        keys: KeyStore | None,
+        limiter: RateLimiter | None,
+        audit: AuditLog | None,
+        metrics: ServeMetrics,
+        model_info: Callable[[], tuple[str | None, str | None]],
+    ) -> None:
         self.app = app
         self.config = config
         self.keys = keys
@@ -106,10 +114,13 @@ class Guard:
             await self.app(scope, receive, send)
             return
         route = classify(scope.get("path", ""), self.config.docs)
-        ctx = RequestContext(request_id=f"{self._id_prefix}{next(self._counter):010x}",
-                             endpoint=route.label,
-                             method=str(scope.get("method", "")), client=_client(scope),
-                             started=time.perf_counter())
+        ctx = RequestContext(
+            request_id=f"{self._id_prefix}{next(self._counter):010x}",
+            endpoint=route.label,
+            method=str(scope.get("method", "")),
+            client=_client(scope),
+            started=time.perf_counter(),
+        )
         scope[CONTEXT_KEY] = ctx
         responder = _Responder(self, send, ctx, route)
         self.metrics.in_flight.inc()
@@ -126,8 +137,12 @@ class Guard:
             try:
                 await self.app(scope, receive, responder.send)
             except Exception as exc:  # a bug: answer 500 without detail, log the type
-                log.error("request %s failed: %s", ctx.request_id, type(exc).__name__,
-                          exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error(
+                    "request %s failed: %s",
+                    ctx.request_id,
+                    type(exc).__name__,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
                 if not responder.started:
                     await responder.error(ApiError(500, "internal error"))
         finally:
@@ -135,8 +150,9 @@ class Guard:
             responder.log_access()
 
     # --- admission -----------------------------------------------------------------------------
-    async def _admit(self, scope: Scope, receive: Receive, route: RouteClass,
-                     ctx: RequestContext) -> Receive:
+    async def _admit(
+        self, scope: Scope, receive: Receive, route: RouteClass, ctx: RequestContext
+    ) -> Receive:
         headers = _headers(scope)
         if route.scope is not None:
             principal = self._authenticate(headers.get("authorization"), route.scope)
@@ -145,21 +161,29 @@ class Guard:
                 bucket = principal.key_id if self.keys is not None else f"client:{ctx.client}"
                 decision = self.limiter.acquire(bucket)
                 if not decision.allowed:
-                    raise ApiError(429, f"rate limit exceeded ({self.limiter.limit} per key)",
-                                   headers={"Retry-After": str(decision.retry_after_s)})
+                    raise ApiError(
+                        429,
+                        f"rate limit exceeded ({self.limiter.limit} per key)",
+                        headers={"Retry-After": str(decision.retry_after_s)},
+                    )
         method = ctx.method
         declared = headers.get("content-length")
-        has_body = method in ("POST", "PUT", "PATCH") or (declared not in (None, "0")) \
+        has_body = (
+            method in ("POST", "PUT", "PATCH")
+            or (declared not in (None, "0"))
             or "transfer-encoding" in headers
+        )
         if not has_body:
             return receive
         body = await self._read_body(receive, declared)
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding and encoding != "identity":
             body = _decode(body, encoding, self.config.limits.max_body_bytes)
-        scope["headers"] = [(k, v) for k, v in scope.get("headers", [])
-                            if k not in (b"content-length", b"content-encoding",
-                                         b"transfer-encoding")]
+        scope["headers"] = [
+            (k, v)
+            for k, v in scope.get("headers", [])
+            if k not in (b"content-length", b"content-encoding", b"transfer-encoding")
+        ]
         scope["headers"].append((b"content-length", str(len(body)).encode("ascii")))
         delivered = False
 
@@ -177,8 +201,11 @@ class Guard:
             return _ANONYMOUS
         principal = self.keys.authenticate(authorization)
         if principal is None:
-            raise ApiError(401, "missing or invalid API key (send Authorization: Bearer KEY)",
-                           headers={"WWW-Authenticate": 'Bearer realm="onnxguard"'})
+            raise ApiError(
+                401,
+                "missing or invalid API key (send Authorization: Bearer KEY)",
+                headers={"WWW-Authenticate": 'Bearer realm="onnxguard"'},
+            )
         if needed not in principal.scopes:
             raise ApiError(403, f"this API key lacks the '{needed}' scope")
         return principal
@@ -189,8 +216,9 @@ class Guard:
             if not declared.isdigit():
                 raise ApiError(400, "invalid Content-Length")
             if int(declared) > limit:
-                raise ApiError(413, f"request body of {int(declared)} bytes exceeds the limit "
-                               f"of {limit} bytes")
+                raise ApiError(
+                    413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes"
+                )
         chunks: list[bytes] = []
         size = 0
         try:
@@ -207,8 +235,9 @@ class Guard:
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise ApiError(408, "request body not received within "
-                           f"{self.config.limits.body_timeout_s:g} s") from None
+            raise ApiError(
+                408, f"request body not received within {self.config.limits.body_timeout_s:g} s"
+            ) from None
         return b"".join(chunks)
 
 
@@ -228,8 +257,9 @@ class _Responder:
     async def error(self, err: ApiError) -> None:
         self.ctx.outcome = self.ctx.outcome or err.outcome
         headers = [(b"content-type", b"application/json")]
-        headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in err.headers.items()]
+        headers += [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()
+        ]
         await self.send({"type": "http.response.start", "status": err.status, "headers": headers})
         await self.send({"type": "http.response.body", "body": error_body(err.message)})
 
@@ -241,11 +271,15 @@ class _Responder:
             if not await self._record(status):
                 self.replaced = True
                 status = 503
-                message = {"type": "http.response.start", "status": 503,
-                           "headers": [(b"content-type", b"application/json")]}
+                message = {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"application/json")],
+                }
                 await self._send(self._decorate(message))
-                await self._send({"type": "http.response.body",
-                                  "body": error_body("audit log unavailable")})
+                await self._send(
+                    {"type": "http.response.body", "body": error_body("audit log unavailable")}
+                )
                 return
             await self._send(self._decorate(message))
             return
@@ -269,10 +303,17 @@ class _Responder:
         if self.route.audited and guard.audit is not None:
             model, digest = guard.model_info()
             record = {
-                "request_id": ctx.request_id, "key_id": ctx.key_id, "client": ctx.client,
-                "method": ctx.method, "endpoint": ctx.endpoint, "model": model,
-                "bundle_digest": digest, "inputs": ctx.inputs,
-                "inputs_sha256": ctx.inputs_sha256, "outcome": outcome, "status": status,
+                "request_id": ctx.request_id,
+                "key_id": ctx.key_id,
+                "client": ctx.client,
+                "method": ctx.method,
+                "endpoint": ctx.endpoint,
+                "model": model,
+                "bundle_digest": digest,
+                "inputs": ctx.inputs,
+                "inputs_sha256": ctx.inputs_sha256,
+                "outcome": outcome,
+                "status": status,
                 "latency_ms": round(elapsed * 1000.0, 3),
             }
             try:
@@ -292,9 +333,16 @@ class _Responder:
             return
         self.logged = True
         ctx = self.ctx
-        access_log.info("%s %s %s %s %d %.1fms key=%s", ctx.request_id, ctx.client or "-",
-                        ctx.method, ctx.endpoint, self.status,
-                        (time.perf_counter() - ctx.started) * 1000.0, ctx.key_id or "-")
+        access_log.info(
+            "%s %s %s %s %d %.1fms key=%s",
+            ctx.request_id,
+            ctx.client or "-",
+            ctx.method,
+            ctx.endpoint,
+            self.status,
+            (time.perf_counter() - ctx.started) * 1000.0,
+            ctx.key_id or "-",
+        )
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -343,8 +391,11 @@ def _inflate(data: bytes, wbits: int, limit: int, members: bool = False) -> byte
         while True:
             out += decoder.decompress(pending, limit + 1 - len(out))
             if len(out) > limit:
-                raise ApiError(413, f"decompressed request body exceeds the limit of {limit} "
-                               "bytes", outcome="too_large")
+                raise ApiError(
+                    413,
+                    f"decompressed request body exceeds the limit of {limit} bytes",
+                    outcome="too_large",
+                )
             if decoder.eof:
                 rest = decoder.unused_data
                 if rest and members:

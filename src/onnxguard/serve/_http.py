@@ -14,9 +14,20 @@ from typing import Any
 from starlette.responses import Response
 
 _OUTCOMES = {
-    200: "ok", 400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 408: "body_timeout", 413: "too_large", 415: "unsupported_encoding",
-    422: "invalid", 429: "rate_limited", 500: "error", 503: "unavailable", 504: "timeout",
+    200: "ok",
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "body_timeout",
+    413: "too_large",
+    415: "unsupported_encoding",
+    422: "invalid",
+    429: "rate_limited",
+    500: "error",
+    503: "unavailable",
+    504: "timeout",
 }
 
 
@@ -27,8 +38,14 @@ def outcome_for(status: int) -> str:
 class ApiError(Exception):
     """An error answered as ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
-                 outcome: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        outcome: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -41,14 +58,16 @@ def error_body(message: str) -> bytes:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(message), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        error_body(message), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return Response(body.encode("utf-8"), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        body.encode("utf-8"), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 @dataclass

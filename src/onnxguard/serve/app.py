@@ -43,8 +43,13 @@ log = logging.getLogger("onnxguard.serve")
 
 # FastAPI's native telemetry would record validation failures (with request content) to any
 # globally configured OpenTelemetry provider; the server's own metrics and audit log replace it.
-_TELEMETRY_OFF: Any = {"tracing": False, "metrics": False, "logs": False,
-                       "operation_spans": False, "auto_configure": False}
+_TELEMETRY_OFF: Any = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 
 class TextsRequest(BaseModel):
@@ -88,11 +93,16 @@ class ErrorResponse(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text} for status, text in (
-        (400, "Malformed request"), (401, "Missing or invalid API key"),
-        (403, "The key lacks the scope"), (413, "Body or input over a limit"),
-        (422, "Request does not match the schema"), (429, "Rate limit exceeded"),
-        (503, "Not ready, overloaded or shutting down"), (504, "Timed out in the queue"),
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "Malformed request"),
+        (401, "Missing or invalid API key"),
+        (403, "The key lacks the scope"),
+        (413, "Body or input over a limit"),
+        (422, "Request does not match the schema"),
+        (429, "Rate limit exceeded"),
+        (503, "Not ready, overloaded or shutting down"),
+        (504, "Timed out in the queue"),
     )
 }
 
@@ -125,10 +135,18 @@ def create_app(
     limiter = RateLimiter(config.rate_limit) if config.rate_limit is not None else None
     audit = None
     if config.audit.path is not None:
-        audit = AuditLog(config.audit.path, max_bytes=config.audit.max_bytes,
-                         keep=config.audit.keep, fsync=config.audit.fsync,
-                         server_info={"version": __version__, "bundle": str(config.bundle),
-                                      "host": config.host, "port": config.port})
+        audit = AuditLog(
+            config.audit.path,
+            max_bytes=config.audit.max_bytes,
+            keep=config.audit.keep,
+            fsync=config.audit.fsync,
+            server_info={
+                "version": __version__,
+                "bundle": str(config.bundle),
+                "host": config.host,
+                "port": config.port,
+            },
+        )
 
     def fatal(exc: BaseException) -> None:
         if on_fatal is not None:
@@ -163,10 +181,14 @@ def create_app(
 
     docs = config.docs is not DocsMode.OFF
     app = FastAPI(
-        title="onnxguard", version=__version__, lifespan=lifespan,
+        title="onnxguard",
+        version=__version__,
+        lifespan=lifespan,
         summary="Verified ONNX transformer models, served securely.",
-        docs_url="/docs" if docs else None, redoc_url=None,
-        openapi_url="/openapi.json" if docs else None, redirect_slashes=False,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+        redirect_slashes=False,
         telemetry=_TELEMETRY_OFF,
     )
     app.state.onnxguard = ServerHandles(config, service, metrics, keys, audit)
@@ -175,17 +197,28 @@ def create_app(
     app.include_router(make_router(service))
 
     def model_info() -> tuple[str | None, str | None]:
-        engine = service._engine
-        return service.model_name, engine.digest if engine is not None else None
+        return service.model_name, service.bundle_digest
 
-    app.add_middleware(Guard, config=config, keys=keys, limiter=limiter, audit=audit,  # type: ignore[arg-type]
-                       metrics=metrics, model_info=model_info)
+    app.add_middleware(
+        Guard,
+        config=config,
+        keys=keys,
+        limiter=limiter,
+        audit=audit,  # type: ignore[arg-type]
+        metrics=metrics,
+        model_info=model_info,
+    )
     if config.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(config.cors_origins),  # type: ignore[arg-type]
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),  # type: ignore[arg-type]
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Content-Encoding",
-                           "Inference-Header-Content-Length"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Content-Encoding",
+                "Inference-Header-Content-Length",
+            ],
             expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"],
             max_age=600,
         )
@@ -193,9 +226,14 @@ def create_app(
 
 
 def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> None:
-    @app.post("/v1/classify", tags=["v1"], summary="Classify texts (labels and scores)",
-              response_model=None, responses={200: {"model": ClassifyResponse}, **_ERRORS},
-              openapi_extra=_TEXTS_BODY)
+    @app.post(
+        "/v1/classify",
+        tags=["v1"],
+        summary="Classify texts (labels and scores)",
+        response_model=None,
+        responses={200: {"model": ClassifyResponse}, **_ERRORS},
+        openapi_extra=_TEXTS_BODY,
+    )
     async def classify(request: Request) -> Response:
         texts = await _read_texts(request)
         engine = service.engine
@@ -203,15 +241,22 @@ def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> Non
             raise ApiError(400, "this model computes embeddings: use POST /v1/embed")
         inference = await service.infer(texts, context_of(request.scope))
         if engine.task is Task.TOKEN_CLASSIFICATION:
-            results = [engine.postprocess_tokens(row, enc)
-                       for row, enc in zip(inference.rows, inference.encodings, strict=True)]
+            results = [
+                engine.postprocess_tokens(row, enc)
+                for row, enc in zip(inference.rows, inference.encodings, strict=True)
+            ]
         else:
             results = engine.postprocess(np.stack(inference.rows))
         return json_response({"model": service.model_name, "results": results})
 
-    @app.post("/v1/embed", tags=["v1"], summary="Embed texts (one vector per text)",
-              response_model=None, responses={200: {"model": EmbedResponse}, **_ERRORS},
-              openapi_extra=_TEXTS_BODY)
+    @app.post(
+        "/v1/embed",
+        tags=["v1"],
+        summary="Embed texts (one vector per text)",
+        response_model=None,
+        responses={200: {"model": EmbedResponse}, **_ERRORS},
+        openapi_extra=_TEXTS_BODY,
+    )
     async def embed(request: Request) -> Response:
         texts = await _read_texts(request)
         engine = service.engine
@@ -219,11 +264,21 @@ def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> Non
             raise ApiError(400, f"this model is {engine.task.value}: use POST /v1/classify")
         inference = await service.infer(texts, context_of(request.scope))
         vectors = np.stack(inference.rows).astype(np.float64)
-        return json_response({"model": service.model_name, "dimensions": int(vectors.shape[1]),
-                              "embeddings": vectors.tolist()})
+        return json_response(
+            {
+                "model": service.model_name,
+                "dimensions": int(vectors.shape[1]),
+                "embeddings": vectors.tolist(),
+            }
+        )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (metrics scope)",
-             response_model=None, responses={200: {"content": {"text/plain": {}}}})
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics (metrics scope)",
+        response_model=None,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
@@ -233,16 +288,19 @@ def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> Non
 # request.  The schema is still published in the OpenAPI document.
 _TEXTS_ADAPTER = TypeAdapter(TextsRequest)
 _TEXTS_BODY: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {
-        "application/json": {"schema": TextsRequest.model_json_schema()}}},
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": TextsRequest.model_json_schema()}},
+    },
 }
 
 
 async def _read_texts(request: Request) -> list[str]:
     """The ``texts`` of a JSON body: 415 unless JSON, 400 if malformed, 422 if off-schema."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (media.startswith("application/")
-                                            and media.endswith("+json")):
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
         raise ApiError(415, "Content-Type must be application/json")
     body = await request.body()
     try:

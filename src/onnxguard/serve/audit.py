@@ -89,8 +89,15 @@ class _Pending:
 class AuditLog:
     """The live audit log of one server process."""
 
-    def __init__(self, path: Path, *, max_bytes: int = 100 * 1024 * 1024, keep: int = 0,
-                 fsync: bool = True, server_info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 100 * 1024 * 1024,
+        keep: int = 0,
+        fsync: bool = True,
+        server_info: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep = keep
@@ -103,8 +110,9 @@ class AuditLog:
         self._seq = -1
         self._prev = GENESIS
         self._failed: BaseException | None = None
-        self._groups: dict[asyncio.AbstractEventLoop, list[tuple[dict[str, Any],
-                                                                  asyncio.Future[None]]]] = {}
+        self._groups: dict[
+            asyncio.AbstractEventLoop, list[tuple[dict[str, Any], asyncio.Future[None]]]
+        ] = {}
         self.records_written = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -115,21 +123,32 @@ class AuditLog:
         if self.path.exists() and self.path.stat().st_size > 0:
             self._seq, self._prev = _read_tail(self.path)
             start_file = False
-        elif (rotated := rotated_files(self.path)):
+        elif rotated := rotated_files(self.path):
             # The live file is missing but rotated ones exist: continue from the newest.
             self._seq, self._prev = _read_tail(rotated[-1])
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._handle = os.fdopen(fd, "ab")
         except OSError as exc:
-            raise AuditLogError(f"cannot open audit log {self.path}: {exc}",
-                                hint="check the directory exists and is writable") from exc
+            raise AuditLogError(
+                f"cannot open audit log {self.path}: {exc}",
+                hint="check the directory exists and is writable",
+            ) from exc
         self._size = self.path.stat().st_size
         if start_file:
             previous = rotated_files(self.path)
-            self._write_now([self._seal({"type": "file", "format": FORMAT,
-                                         "previous_file": previous[-1].name if previous else None,
-                                         "pruned": []})])
+            self._write_now(
+                [
+                    self._seal(
+                        {
+                            "type": "file",
+                            "format": FORMAT,
+                            "previous_file": previous[-1].name if previous else None,
+                            "pruned": [],
+                        }
+                    )
+                ]
+            )
             _fsync_dir(self.path.parent)
         self._write_now([self._seal({"type": "start", "server": self.server_info})])
         self._thread = threading.Thread(target=self._run, name="onnxguard-audit", daemon=True)
@@ -197,8 +216,10 @@ class AuditLog:
 
     def _check_writable(self) -> None:
         if self._failed is not None:
-            raise AuditLogError(f"audit log {self.path} failed earlier: {self._failed}",
-                                hint="fix the disk problem and restart the server")
+            raise AuditLogError(
+                f"audit log {self.path} failed earlier: {self._failed}",
+                hint="fix the disk problem and restart the server",
+            )
         if self._thread is None:
             raise AuditLogError("audit log is not open")
 
@@ -246,8 +267,10 @@ class AuditLog:
             except OSError as exc:
                 self._failed = exc
                 log.error("audit log write failed, refusing further requests: %s", exc)
-                error = AuditLogError(f"audit log write failed: {exc}",
-                                      hint="fix the disk problem and restart the server")
+                error = AuditLogError(
+                    f"audit log write failed: {exc}",
+                    hint="fix the disk problem and restart the server",
+                )
         for item in batch:
             # RuntimeError: the waiting event loop is closed (the server shut down).
             with contextlib.suppress(RuntimeError):
@@ -290,8 +313,18 @@ class AuditLog:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         self._handle = os.fdopen(fd, "ab")
         self._size = 0
-        self._write_now([self._seal({"type": "file", "format": FORMAT,
-                                     "previous_file": target.name, "pruned": pruned})])
+        self._write_now(
+            [
+                self._seal(
+                    {
+                        "type": "file",
+                        "format": FORMAT,
+                        "previous_file": target.name,
+                        "pruned": pruned,
+                    }
+                )
+            ]
+        )
         _fsync_dir(self.path.parent)
 
 
@@ -324,15 +357,20 @@ def _read_tail(path: Path) -> tuple[int, str]:
         size = handle.seek(0, os.SEEK_END)
         handle.seek(max(0, size - _TAIL_BYTES))
         tail = handle.read()
-    hint = (f"run `onnxguard audit verify {path}` to see what is wrong, then move the file "
-            "aside to start a new chain")
+    hint = (
+        f"run `onnxguard audit verify {path}` to see what is wrong, then move the file "
+        "aside to start a new chain"
+    )
     if not tail.endswith(b"\n"):
         raise AuditLogError(f"audit log {path} ends with a partial record", hint=hint)
     last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
     try:
         record = json.loads(last)
-        ok = isinstance(record, dict) and record.get("hash") == record_hash(record) \
+        ok = (
+            isinstance(record, dict)
+            and record.get("hash") == record_hash(record)
             and isinstance(record.get("seq"), int)
+        )
     except ValueError:
         ok = False
     if not ok:
@@ -379,10 +417,18 @@ class ChainReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "files": list(self.files), "records": self.records,
-                "requests": self.requests, "first_seq": self.first_seq,
-                "last_seq": self.last_seq, "head": self.head, "closed": self.closed,
-                "complete": self.complete, "problems": list(self.problems)}
+        return {
+            "ok": self.ok,
+            "files": list(self.files),
+            "records": self.records,
+            "requests": self.requests,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "head": self.head,
+            "closed": self.closed,
+            "complete": self.complete,
+            "problems": list(self.problems),
+        }
 
 
 _MAX_PROBLEMS = 50
@@ -393,8 +439,9 @@ def verify_chain(path: Path, *, include_rotated: bool = True) -> ChainReport:
     path = Path(path)
     files = (rotated_files(path) if include_rotated else []) + ([path] if path.exists() else [])
     if not files:
-        raise AuditChainError(f"audit log {path} does not exist",
-                              hint="pass the path given to `serve --audit-log`")
+        raise AuditChainError(
+            f"audit log {path} does not exist", hint="pass the path given to `serve --audit-log`"
+        )
     problems: list[str] = []
     pruned = _all_pruned(files)
     prev: str | None = None
@@ -436,8 +483,10 @@ def verify_chain(path: Path, *, include_rotated: bool = True) -> ChainReport:
                 problem(f"{where} (seq {seq}): not in canonical form: the line was edited")
             if number == 1:
                 if record.get("type") != "file":
-                    problem(f"{where}: a log file must start with a 'file' record "
-                            "(the first lines were deleted?)")
+                    problem(
+                        f"{where}: a log file must start with a 'file' record "
+                        "(the first lines were deleted?)"
+                    )
                 if index == 0:
                     first_seq = seq if isinstance(seq, int) else None
                     if rec_prev == GENESIS and seq == 0:
@@ -445,24 +494,36 @@ def verify_chain(path: Path, *, include_rotated: bool = True) -> ChainReport:
                     else:
                         before = record.get("previous_file")
                         if before is None or before not in pruned:
-                            problem(f"{where}: the chain continues a file that is missing "
-                                    f"({before or 'unnamed'}) and was not pruned by the server")
+                            problem(
+                                f"{where}: the chain continues a file that is missing "
+                                f"({before or 'unnamed'}) and was not pruned by the server"
+                            )
                         prev, expected_seq = rec_prev, seq
             if prev is not None and rec_prev != prev:
-                problem(f"{where} (seq {seq}): chain broken: the record before it was "
-                        "deleted, replaced or reordered")
+                problem(
+                    f"{where} (seq {seq}): chain broken: the record before it was "
+                    "deleted, replaced or reordered"
+                )
             elif expected_seq is not None and seq != expected_seq:
-                problem(f"{where}: sequence number {seq}, expected {expected_seq} "
-                        "(records deleted or reordered)")
+                problem(
+                    f"{where}: sequence number {seq}, expected {expected_seq} "
+                    "(records deleted or reordered)"
+                )
             prev = rec_hash if isinstance(rec_hash, str) else None
             expected_seq = seq + 1 if isinstance(seq, int) else None
             if record.get("type") == "request":
                 requests += 1
             last_type = record.get("type")
     return ChainReport(
-        files=tuple(str(f) for f in files), records=records, requests=requests,
-        first_seq=first_seq, last_seq=None if expected_seq is None else expected_seq - 1,
-        head=prev, closed=last_type == "stop", complete=complete, problems=tuple(problems),
+        files=tuple(str(f) for f in files),
+        records=records,
+        requests=requests,
+        first_seq=first_seq,
+        last_seq=None if expected_seq is None else expected_seq - 1,
+        head=prev,
+        closed=last_type == "stop",
+        complete=complete,
+        problems=tuple(problems),
     )
 
 

@@ -77,9 +77,10 @@ def key_line(key_id: str, secret: str, scopes: Iterable[str] = DEFAULT_SCOPES) -
 
 def check_key_id(key_id: str) -> str:
     if not _ID.fullmatch(key_id):
-        raise UsageError(f"key id {key_id!r} is not allowed",
-                         hint="use 1-64 letters, digits, '_', '.', '@' or '-', starting with a "
-                         "letter or digit")
+        raise UsageError(
+            f"key id {key_id!r} is not allowed",
+            hint="use 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit",
+        )
     return key_id
 
 
@@ -87,8 +88,10 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
     wanted = frozenset(s.strip() for s in scopes if s.strip())
     unknown = wanted - SCOPES
     if unknown or not wanted:
-        raise UsageError(f"unknown or empty scopes: {', '.join(sorted(unknown)) or '(none)'}",
-                         hint=f"choose from {', '.join(sorted(SCOPES))}")
+        raise UsageError(
+            f"unknown or empty scopes: {', '.join(sorted(unknown)) or '(none)'}",
+            hint=f"choose from {', '.join(sorted(SCOPES))}",
+        )
     return wanted
 
 
@@ -102,8 +105,11 @@ def parse_keys(text: str, source: str = "API keys file") -> tuple[ApiKey, ...]:
             continue
         parts = line.split(":")
         where = f"{source} line {number}"
-        if len(parts) not in (2, 3) or not _ID.fullmatch(parts[0].strip()) \
-                or not _HEX.fullmatch(parts[1].strip()):
+        if (
+            len(parts) not in (2, 3)
+            or not _ID.fullmatch(parts[0].strip())
+            or not _HEX.fullmatch(parts[1].strip())
+        ):
             raise ServeError(
                 f"{where} is not KEY_ID:SHA256_HEX[:SCOPES]",
                 hint="make lines with `onnxguard apikey new --id NAME`; the key itself never "
@@ -111,8 +117,10 @@ def parse_keys(text: str, source: str = "API keys file") -> tuple[ApiKey, ...]:
             )
         key_id = parts[0].strip()
         if key_id in seen:
-            raise ServeError(f"{where}: key id {key_id!r} appears twice",
-                             hint="key ids must be unique (they name the client in the audit log)")
+            raise ServeError(
+                f"{where}: key id {key_id!r} appears twice",
+                hint="key ids must be unique (they name the client in the audit log)",
+            )
         seen.add(key_id)
         try:
             scopes = check_scopes(parts[2].split(",")) if len(parts) == 3 else DEFAULT_SCOPES
@@ -128,16 +136,21 @@ def read_keys_file(path: Path) -> tuple[ApiKey, ...]:
         info = path.stat()
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ServeError(f"cannot read API keys file {path}: {exc}",
-                         hint="create it with `onnxguard apikey new --id NAME --keys-file "
-                         f"{path}`") from exc
+        raise ServeError(
+            f"cannot read API keys file {path}: {exc}",
+            hint=f"create it with `onnxguard apikey new --id NAME --keys-file {path}`",
+        ) from exc
     if os.name == "posix" and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ServeError(f"API keys file {path} is writable by group or others",
-                         hint=f"anyone who can write it can add a key: chmod 600 {path}")
+        raise ServeError(
+            f"API keys file {path} is writable by group or others",
+            hint=f"anyone who can write it can add a key: chmod 600 {path}",
+        )
     keys = parse_keys(text, str(path))
     if not keys:
-        raise ServeError(f"API keys file {path} holds no keys",
-                         hint="add a line made by `onnxguard apikey new --id NAME`")
+        raise ServeError(
+            f"API keys file {path} holds no keys",
+            hint="add a line made by `onnxguard apikey new --id NAME`",
+        )
     return keys
 
 
@@ -146,10 +159,13 @@ def append_key_line(path: Path, line: str) -> None:
     key_id = line.split(":", 1)[0]
     existing = parse_keys(path.read_text(encoding="utf-8"), str(path)) if path.exists() else ()
     if any(k.key_id == key_id for k in existing):
-        raise UsageError(f"key id {key_id!r} is already in {path}",
-                         hint="choose another --id, or remove the old line to rotate the key")
-    needs_newline = path.exists() and path.stat().st_size > 0 \
-        and not path.read_bytes().endswith(b"\n")
+        raise UsageError(
+            f"key id {key_id!r} is already in {path}",
+            hint="choose another --id, or remove the old line to rotate the key",
+        )
+    needs_newline = (
+        path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as handle:
         handle.write(("\n" if needs_newline else "") + line + "\n")
@@ -214,8 +230,10 @@ class KeyStore:
             try:
                 keys = read_keys_file(self._path)
             except ServeError as exc:
-                log.error("API keys file changed but was refused, previous keys stay in force: "
-                          "%s", exc.message)
+                log.error(
+                    "API keys file changed but was refused, previous keys stay in force: %s",
+                    exc.message,
+                )
                 self._stamp = stamp
                 return
             self._keys, self._stamp = keys, stamp

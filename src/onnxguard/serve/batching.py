@@ -58,11 +58,9 @@ class TokenLimitError(ServeError):
 class BatchEngine(Protocol):
     """What the batcher needs from :class:`onnxguard.runtime.Engine`."""
 
-    def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        ...
+    def encode(self, texts: Sequence[str]) -> list[Encoding]: ...
 
-    def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray:
-        ...
+    def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -105,9 +103,15 @@ class Batcher:
     is append to a list under a lock and await a future.
     """
 
-    def __init__(self, engine: BatchEngine, settings: BatchSettings, *,
-                 max_tokens: int | None = None, per_token_output: bool = False,
-                 metrics: ServeMetrics | None = None) -> None:
+    def __init__(
+        self,
+        engine: BatchEngine,
+        settings: BatchSettings,
+        *,
+        max_tokens: int | None = None,
+        per_token_output: bool = False,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.max_tokens = max_tokens
@@ -131,8 +135,9 @@ class Batcher:
 
     def start(self) -> None:
         for number in range(self.settings.workers):
-            thread = threading.Thread(target=self._work, name=f"onnxguard-batch-{number}",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._work, name=f"onnxguard-batch-{number}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -151,8 +156,9 @@ class Batcher:
         if not texts:
             return BatchResult([], [])
         loop = asyncio.get_running_loop()
-        request = _Request(loop, loop.create_future(), texts, time.monotonic(),
-                           [None] * len(texts), len(texts))
+        request = _Request(
+            loop, loop.create_future(), texts, time.monotonic(), [None] * len(texts), len(texts)
+        )
         with self._cond:
             if self._stopping:
                 raise StoppedError("the server is shutting down")
@@ -160,7 +166,8 @@ class Batcher:
                 raise OverloadedError(
                     f"server busy: {self._depth} texts already queued "
                     f"(limit {self.settings.queue_size})",
-                    hint="retry after a short wait")
+                    hint="retry after a short wait",
+                )
             self._incoming.append(request)
             self._depth += len(texts)
             self._cond.notify()
@@ -169,7 +176,8 @@ class Batcher:
         except TimeoutError:
             raise RequestTimeoutError(
                 f"no result within {self.settings.timeout_s:g} s",
-                hint="the server is overloaded; retry later or send fewer texts") from None
+                hint="the server is overloaded; retry later or send fewer texts",
+            ) from None
         finally:
             if not request.future.done() or request.future.cancelled():
                 with self._cond:
@@ -193,8 +201,11 @@ class Batcher:
                         break
                     if self._pending:
                         settings = self.settings
-                        if (self._stopping or len(self._pending) >= settings.max_batch
-                                or self._pending_tokens >= settings.max_batch_tokens):
+                        if (
+                            self._stopping
+                            or len(self._pending) >= settings.max_batch
+                            or self._pending_tokens >= settings.max_batch_tokens
+                        ):
                             batch = self._select()
                             break
                         remaining = self._pending[0].enqueued + self._max_wait - time.monotonic()
@@ -227,17 +238,21 @@ class Batcher:
             encodings = []
         position = 0
         for request in live:
-            request.encodings = encodings[position:position + len(request.texts)]
+            request.encodings = encodings[position : position + len(request.texts)]
             position += len(request.texts)
             tokens = sum(len(e.ids) for e in request.encodings)
             if self.max_tokens is not None and tokens > self.max_tokens:
                 request.error = TokenLimitError(
                     f"too many tokens: {tokens} (limit {self.max_tokens} per request)",
-                    tokens=tokens, limit=self.max_tokens)
+                    tokens=tokens,
+                    limit=self.max_tokens,
+                )
                 failed.append(request)
                 continue
-            items.extend(_Item(request, i, enc, max(1, len(enc.ids)), request.enqueued)
-                         for i, enc in enumerate(request.encodings))
+            items.extend(
+                _Item(request, i, enc, max(1, len(enc.ids)), request.enqueued)
+                for i, enc in enumerate(request.encodings)
+            )
         with self._cond:
             self._depth -= dropped + sum(len(r.texts) for r in failed)
             self._pending.extend(items)
@@ -291,8 +306,8 @@ class Batcher:
                 break
             _, lo, hi, width = best
             count += 1
-            total = sum(item.length for item in ordered[lo:hi + 1])
-        batch = ordered[lo:hi + 1]
+            total = sum(item.length for item in ordered[lo : hi + 1])
+        batch = ordered[lo : hi + 1]
         for item in batch:
             item.taken = True
         self._pending = [item for item in self._pending if not item.taken]
@@ -312,8 +327,12 @@ class Batcher:
         if self.metrics is not None:
             width = max(item.length for item in batch)
             self.metrics.observe_batch(
-                len(batch), sum(item.length for item in batch), width * len(batch),
-                finished - started, [started - item.enqueued for item in batch])
+                len(batch),
+                sum(item.length for item in batch),
+                width * len(batch),
+                finished - started,
+                [started - item.enqueued for item in batch],
+            )
         done: defaultdict[asyncio.AbstractEventLoop, list[_Request]] = defaultdict(list)
         with self._cond:
             for row, item in enumerate(batch):
@@ -321,8 +340,9 @@ class Batcher:
                 if error is not None:
                     request.error = error
                 elif output is not None:
-                    request.results[item.index] = (output[row, : item.length]
-                                                   if self.per_token_output else output[row])
+                    request.results[item.index] = (
+                        output[row, : item.length] if self.per_token_output else output[row]
+                    )
                 request.remaining -= 1
                 if request.remaining == 0:
                     done[request.loop].append(request)
@@ -346,7 +366,10 @@ def _deliver(requests: list[_Request]) -> None:
         if isinstance(error, ServeError):
             request.future.set_exception(error)
         elif error is not None:
-            request.future.set_exception(InferenceFailedError(
-                f"inference failed: {type(error).__name__}", hint="see the server log"))
+            request.future.set_exception(
+                InferenceFailedError(
+                    f"inference failed: {type(error).__name__}", hint="see the server log"
+                )
+            )
         else:
             request.future.set_result(BatchResult(request.encodings, request.results))

@@ -41,32 +41,48 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told)."),
     port: int = typer.Option(8000, help="Port to bind."),
     model_name: str | None = typer.Option(
-        None, "--model-name", help="Model name in /v2 paths (default: the bundle's name)."),
+        None, "--model-name", help="Model name in /v2 paths (default: the bundle's name)."
+    ),
     api_keys_file: Path | None = typer.Option(
-        None, "--api-keys-file", envvar="ONNXGUARD_API_KEYS_FILE",
+        None,
+        "--api-keys-file",
+        envvar="ONNXGUARD_API_KEYS_FILE",
         help="File of KEY_ID:SHA256_HEX[:SCOPES] lines (`onnxguard apikey new`); re-read "
-        "when it changes."),
+        "when it changes.",
+    ),
     allow_unauthenticated: bool = typer.Option(
-        False, "--allow-unauthenticated",
-        help="No API keys (loopback only; rate limits then apply per client address)."),
+        False,
+        "--allow-unauthenticated",
+        help="No API keys (loopback only; rate limits then apply per client address).",
+    ),
     rate_limit: str = typer.Option(
-        "600/minute", "--rate-limit", help="Requests per key: N/second|minute|hour|day, or off."),
+        "600/minute", "--rate-limit", help="Requests per key: N/second|minute|hour|day, or off."
+    ),
     audit_log: Path | None = typer.Option(
-        None, "--audit-log", envvar="ONNXGUARD_AUDIT_LOG",
-        help="Hash-chained JSON-lines audit log, one record per request."),
+        None,
+        "--audit-log",
+        envvar="ONNXGUARD_AUDIT_LOG",
+        help="Hash-chained JSON-lines audit log, one record per request.",
+    ),
     audit_max_bytes: str = typer.Option("100MiB", help="Rotate the audit log at this size."),
     audit_keep: int = typer.Option(0, min=0, help="Rotated audit files to keep (0: all)."),
     audit_fsync: bool = typer.Option(
-        True, "--audit-fsync/--no-audit-fsync", help="fsync audit records before responding."),
+        True, "--audit-fsync/--no-audit-fsync", help="fsync audit records before responding."
+    ),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="TLS certificate (PEM)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="TLS private key (PEM)."),
     tls_key_password_env: str | None = typer.Option(
-        None, "--tls-key-password-env", metavar="NAME",
-        help="Env var holding the TLS key's password."),
+        None,
+        "--tls-key-password-env",
+        metavar="NAME",
+        help="Env var holding the TLS key's password.",
+    ),
     tls_client_ca: Path | None = typer.Option(
-        None, "--tls-client-ca", help="Require client certificates from this CA (mutual TLS)."),
+        None, "--tls-client-ca", help="Require client certificates from this CA (mutual TLS)."
+    ),
     max_body: str = typer.Option(
-        "1MiB", "--max-body", help="Request body limit, also after gzip/deflate decoding."),
+        "1MiB", "--max-body", help="Request body limit, also after gzip/deflate decoding."
+    ),
     max_texts: int = typer.Option(64, "--max-texts", help="Texts per request."),
     max_chars: int = typer.Option(20_000, "--max-chars", help="Characters per text."),
     max_tokens: int = typer.Option(16_384, "--max-tokens", help="Tokens per request."),
@@ -74,42 +90,62 @@ def serve_command(
     max_connections: int = typer.Option(1024, help="Concurrent connections (503 beyond)."),
     max_batch: int = typer.Option(32, "--max-batch", help="Texts per ONNX Runtime call."),
     max_wait_ms: float = typer.Option(
-        2.0, "--max-wait-ms", help="How long a text may wait for others to share its batch."),
+        2.0, "--max-wait-ms", help="How long a text may wait for others to share its batch."
+    ),
     max_batch_tokens: int = typer.Option(
-        8192, "--max-batch-tokens", help="Rows x padded length per call."),
+        8192, "--max-batch-tokens", help="Rows x padded length per call."
+    ),
     queue_size: int = typer.Option(
-        1024, "--queue-size", help="Texts waiting for a batch; beyond it a fast 503."),
+        1024, "--queue-size", help="Texts waiting for a batch; beyond it a fast 503."
+    ),
     timeout: float = typer.Option(30.0, "--timeout", help="Per-request timeout in seconds (504)."),
     min_fill: float = typer.Option(
-        0.5, "--min-fill", help="Length bucketing: least share of real tokens in a batch."),
+        0.5, "--min-fill", help="Length bucketing: least share of real tokens in a batch."
+    ),
     call_overhead_tokens: int = typer.Option(
-        32, "--call-overhead-tokens",
-        help="Length bucketing: fixed cost of one model call, in padded tokens."),
+        32,
+        "--call-overhead-tokens",
+        help="Length bucketing: fixed cost of one model call, in padded tokens.",
+    ),
     batch_workers: int = typer.Option(1, "--batch-workers", help="Threads running batches."),
     threads: int | None = typer.Option(
-        None, help="ONNX Runtime intra-op threads (default: the cores available)."),
+        None, help="ONNX Runtime intra-op threads (default: the cores available)."
+    ),
     providers: str | None = typer.Option(
-        None, help="Comma-separated execution providers (default: TensorRT → CUDA → CPU)."),
+        None, help="Comma-separated execution providers (default: TensorRT → CUDA → CPU)."
+    ),
     ort_spinning: bool = typer.Option(
-        False, "--ort-spinning/--no-ort-spinning",
-        help="Let ONNX Runtime threads spin between calls (off: they starve the event loop)."),
+        False,
+        "--ort-spinning/--no-ort-spinning",
+        help="Let ONNX Runtime threads spin between calls (off: they starve the event loop).",
+    ),
     public_key: Path | None = typer.Option(
-        None, "--pub", envvar="ONNXGUARD_PUBLIC_KEY",
-        help="Require a valid signature by this public key."),
+        None,
+        "--pub",
+        envvar="ONNXGUARD_PUBLIC_KEY",
+        help="Require a valid signature by this public key.",
+    ),
     key_source: str | None = typer.Option(
-        None, "--key-source", envvar="ONNXGUARD_KEY_SOURCE",
-        help="Key for an encrypted bundle: env:NAME or file:PATH."),
-    docs: str = typer.Option(
-        "on", help="OpenAPI docs: on (key needed), off, or public (no key)."),
+        None,
+        "--key-source",
+        envvar="ONNXGUARD_KEY_SOURCE",
+        help="Key for an encrypted bundle: env:NAME or file:PATH.",
+    ),
+    docs: str = typer.Option("on", help="OpenAPI docs: on (key needed), off, or public (no key)."),
     cors_origin: list[str] = typer.Option(
-        [], "--cors-origin", help="Allow this browser origin (repeatable; none by default)."),
+        [], "--cors-origin", help="Allow this browser origin (repeatable; none by default)."
+    ),
     forwarded_allow_ips: str | None = typer.Option(
-        None, "--forwarded-allow-ips",
-        help="Proxies trusted for X-Forwarded-For (comma-separated; none by default)."),
+        None,
+        "--forwarded-allow-ips",
+        help="Proxies trusted for X-Forwarded-For (comma-separated; none by default).",
+    ),
     graceful_timeout: float = typer.Option(
-        30.0, help="Seconds to finish in-flight requests on SIGTERM."),
+        30.0, help="Seconds to finish in-flight requests on SIGTERM."
+    ),
     access_log: bool = typer.Option(
-        True, "--access-log/--no-access-log", help="Log one line per request (never its text)."),
+        True, "--access-log/--no-access-log", help="Log one line per request (never its text)."
+    ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Serve a bundle over HTTP(S): /v1 and KServe V2 endpoints, keys, limits, audit log."""
@@ -141,28 +177,51 @@ def serve_command(
     elif tls_client_ca is not None:
         raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
     config = ServeConfig(
-        bundle=bundle, host=host, port=port, model_name=model_name,
-        api_keys_file=api_keys_file, allow_unauthenticated=allow_unauthenticated,
+        bundle=bundle,
+        host=host,
+        port=port,
+        model_name=model_name,
+        api_keys_file=api_keys_file,
+        allow_unauthenticated=allow_unauthenticated,
         rate_limit=RateLimit.parse(rate_limit),
-        audit=AuditSettings(path=audit_log,
-                            max_bytes=parse_size(audit_max_bytes, "--audit-max-bytes"),
-                            keep=audit_keep, fsync=audit_fsync),
+        audit=AuditSettings(
+            path=audit_log,
+            max_bytes=parse_size(audit_max_bytes, "--audit-max-bytes"),
+            keep=audit_keep,
+            fsync=audit_fsync,
+        ),
         tls=tls,
-        limits=Limits(max_body_bytes=parse_size(max_body, "--max-body"), max_texts=max_texts,
-                      max_chars=max_chars, max_tokens=max_tokens, body_timeout_s=body_timeout,
-                      max_connections=max_connections),
-        batching=BatchSettings(max_batch=max_batch, max_wait_ms=max_wait_ms,
-                               max_batch_tokens=max_batch_tokens, queue_size=queue_size,
-                               timeout_s=timeout, min_fill=min_fill,
-                               call_overhead_tokens=call_overhead_tokens,
-                               workers=batch_workers),
-        docs=docs_mode, cors_origins=tuple(cors_origin), public_key=public_key,
+        limits=Limits(
+            max_body_bytes=parse_size(max_body, "--max-body"),
+            max_texts=max_texts,
+            max_chars=max_chars,
+            max_tokens=max_tokens,
+            body_timeout_s=body_timeout,
+            max_connections=max_connections,
+        ),
+        batching=BatchSettings(
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_batch_tokens=max_batch_tokens,
+            queue_size=queue_size,
+            timeout_s=timeout,
+            min_fill=min_fill,
+            call_overhead_tokens=call_overhead_tokens,
+            workers=batch_workers,
+        ),
+        docs=docs_mode,
+        cors_origins=tuple(cors_origin),
+        public_key=public_key,
         key_source=key_source,
         providers=tuple(p for p in providers.split(",") if p.strip()) if providers else None,
-        threads=threads, ort_spinning=ort_spinning, graceful_timeout_s=graceful_timeout,
-        forwarded_allow_ips=tuple(ip.strip() for ip in (forwarded_allow_ips or "").split(",")
-                                  if ip.strip()),
-        access_log=access_log, log_level=log_level.lower(),
+        threads=threads,
+        ort_spinning=ort_spinning,
+        graceful_timeout_s=graceful_timeout,
+        forwarded_allow_ips=tuple(
+            ip.strip() for ip in (forwarded_allow_ips or "").split(",") if ip.strip()
+        ),
+        access_log=access_log,
+        log_level=log_level.lower(),
     )
     run_server(config)
 
@@ -177,17 +236,25 @@ def run_server(config: ServeConfig) -> None:
     if config.allow_unauthenticated and not config.loopback:
         raise UsageError(
             f"--allow-unauthenticated on {config.host}: anyone who can reach it could use the "
-            "model", hint="bind 127.0.0.1, or pass --api-keys-file")
+            "model",
+            hint="bind 127.0.0.1, or pass --api-keys-file",
+        )
     if not Path(config.bundle).is_dir():
-        raise SourceNotFoundError(f"bundle directory {config.bundle} does not exist",
-                                  hint="build one with `onnxguard build SOURCE -o DIR`")
+        raise SourceNotFoundError(
+            f"bundle directory {config.bundle} does not exist",
+            hint="build one with `onnxguard build SOURCE -o DIR`",
+        )
     if not config.loopback and config.tls is None:
-        err_console.print(f"[yellow]warning:[/] serving plain HTTP on {config.host}: API keys "
-                          "cross the network in clear unless a TLS proxy is in front "
-                          "(--tls-cert/--tls-key)", highlight=False)
+        err_console.print(
+            f"[yellow]warning:[/] serving plain HTTP on {config.host}: API keys "
+            "cross the network in clear unless a TLS proxy is in front "
+            "(--tls-cert/--tls-key)",
+            highlight=False,
+        )
     if config.audit.path is None:
-        err_console.print("[yellow]warning:[/] no --audit-log: requests are not audited",
-                          highlight=False)
+        err_console.print(
+            "[yellow]warning:[/] no --audit-log: requests are not audited", highlight=False
+        )
     errors: list[BaseException] = []
     holder: dict[str, Any] = {}
 
@@ -199,19 +266,24 @@ def run_server(config: ServeConfig) -> None:
 
     app = create_app(config, on_fatal=on_fatal)
     uv_config = uvicorn.Config(
-        app, host=config.host, port=config.port, log_config=_log_config(config.log_level),
-        log_level=config.log_level, access_log=False, server_header=False,
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=_log_config(config.log_level),
+        log_level=config.log_level,
+        access_log=False,
+        server_header=False,
         proxy_headers=bool(config.forwarded_allow_ips),
         forwarded_allow_ips=list(config.forwarded_allow_ips) or None,
         timeout_graceful_shutdown=int(config.graceful_timeout_s),
-        limit_concurrency=config.limits.max_connections, timeout_keep_alive=5,
+        limit_concurrency=config.limits.max_connections,
+        timeout_keep_alive=5,
         lifespan="on",
         ssl_certfile=str(config.tls.cert) if config.tls else None,
         ssl_keyfile=str(config.tls.key) if config.tls else None,
         ssl_keyfile_password=config.tls.key_password if config.tls else None,
         ssl_ca_certs=str(config.tls.client_ca) if config.tls and config.tls.client_ca else None,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls and config.tls.client_ca
-        else ssl.CERT_NONE,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls and config.tls.client_ca else ssl.CERT_NONE,
     )
     server = _graceful_server_class()(uv_config)
     holder["server"] = server
@@ -224,9 +296,10 @@ def run_server(config: ServeConfig) -> None:
     except SystemExit as exc:  # uvicorn exits when it cannot bind or start
         if errors:
             _raise(errors[0])
-        raise ServeError(f"the server could not start on {config.host}:{config.port} "
-                         f"(exit {exc.code})",
-                         hint="is the port in use? see the log above") from None
+        raise ServeError(
+            f"the server could not start on {config.host}:{config.port} (exit {exc.code})",
+            hint="is the port in use? see the log above",
+        ) from None
     if errors:
         _raise(errors[0])
 
@@ -241,8 +314,11 @@ def _log_config(level: str) -> dict[str, Any]:
     import uvicorn.config
 
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["loggers"]["onnxguard"] = {"handlers": ["default"], "level": level.upper(),
-                                      "propagate": False}
+    config["loggers"]["onnxguard"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
     return config
 
 
@@ -273,7 +349,8 @@ def apikey_new_command(
     key_id: str = typer.Option(..., "--id", help="Key id: names the client in the audit log."),
     scopes: str = typer.Option("infer", help="Comma-separated: infer, metrics."),
     keys_file: Path | None = typer.Option(
-        None, "--keys-file", help="Append the line to this keys file (created mode 0600)."),
+        None, "--keys-file", help="Append the line to this keys file (created mode 0600)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print id, secret and line as JSON."),
 ) -> None:
     """Make a new API key: prints the secret (once) and the line for the keys file."""
@@ -285,12 +362,23 @@ def apikey_new_command(
     if keys_file is not None:
         append_key_line(keys_file, line)
     if as_json:
-        typer.echo(json.dumps({"id": key_id, "secret": secret, "line": line,
-                               "scopes": sorted(wanted),
-                               "keys_file": str(keys_file) if keys_file else None}))
+        typer.echo(
+            json.dumps(
+                {
+                    "id": key_id,
+                    "secret": secret,
+                    "line": line,
+                    "scopes": sorted(wanted),
+                    "keys_file": str(keys_file) if keys_file else None,
+                }
+            )
+        )
         return
-    err_console.print(f"API key [bold]{key_id}[/] ({', '.join(sorted(wanted))}); the secret "
-                      "is shown once and stored nowhere:", highlight=False)
+    err_console.print(
+        f"API key [bold]{key_id}[/] ({', '.join(sorted(wanted))}); the secret "
+        "is shown once and stored nowhere:",
+        highlight=False,
+    )
     typer.echo(secret)
     if keys_file is not None:
         err_console.print(f"added to {keys_file}", highlight=False)
@@ -303,7 +391,8 @@ def apikey_new_command(
 def audit_verify_command(
     log: Path = typer.Argument(..., help="The audit log (the path given to --audit-log)."),
     rotated: bool = typer.Option(
-        True, "--rotated/--no-rotated", help="Also check the rotated files and their links."),
+        True, "--rotated/--no-rotated", help="Also check the rotated files and their links."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check every record's hash and the chain; exit 7 if anything was edited or deleted."""
@@ -315,19 +404,24 @@ def audit_verify_command(
     else:
         for problem in report.problems:
             err_console.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)
-        state = "closed by a clean shutdown" if report.closed else \
-            "open (server running, or it stopped without a clean shutdown)"
+        state = (
+            "closed by a clean shutdown"
+            if report.closed
+            else "open (server running, or it stopped without a clean shutdown)"
+        )
         err_console.print(
             f"{report.records} records ({report.requests} requests) in {len(report.files)} "
             f"file(s), seq {report.first_seq}..{report.last_seq}; {state}; "
             f"{'complete from the first record' if report.complete else 'older files pruned'}",
-            highlight=False)
+            highlight=False,
+        )
         if report.head:
             typer.echo(f"head {report.head}")
     if not report.ok:
         raise AuditChainError(
             f"audit log {log} does not verify: {len(report.problems)} problem(s)",
-            hint="records were edited, deleted or reordered; keep this copy as evidence")
+            hint="records were edited, deleted or reordered; keep this copy as evidence",
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -32,8 +32,13 @@ class Decision:
 class RateLimiter:
     """Token buckets keyed by principal; thread-safe."""
 
-    def __init__(self, limit: RateLimit, *, clock: Callable[[], float] = time.monotonic,
-                 max_buckets: int = _MAX_BUCKETS) -> None:
+    def __init__(
+        self,
+        limit: RateLimit,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = _MAX_BUCKETS,
+    ) -> None:
         self.limit = limit
         self._clock = clock
         self._rate = limit.per_second

@@ -56,8 +56,11 @@ def default_loader(config: ServeConfig) -> EngineLoader:
 
         with _session_config({} if config.ort_spinning else _NO_SPINNING):
             return Engine.from_bundle(
-                config.bundle, public_key=config.public_key, key_source=config.key_source,
-                providers=config.providers, intra_op_threads=config.threads,
+                config.bundle,
+                public_key=config.public_key,
+                key_source=config.key_source,
+                providers=config.providers,
+                intra_op_threads=config.threads,
                 batch_size=config.batching.max_batch,
             )
 
@@ -137,6 +140,11 @@ class Service:
         return self._engine
 
     @property
+    def bundle_digest(self) -> str | None:
+        """Digest of the loaded bundle's manifest (None until loaded)."""
+        return self._engine.digest if self._engine is not None else None
+
+    @property
     def model_name(self) -> str | None:
         if self.config.model_name:
             return self.config.model_name
@@ -147,22 +155,36 @@ class Service:
         started = time.monotonic()
         engine = self._loader()
         self._warm_up(engine)
-        batcher = Batcher(engine, self.config.batching, max_tokens=self.config.limits.max_tokens,
-                          per_token_output=engine.task is Task.TOKEN_CLASSIFICATION,
-                          metrics=self.metrics)
+        batcher = Batcher(
+            engine,
+            self.config.batching,
+            max_tokens=self.config.limits.max_tokens,
+            per_token_output=engine.task is Task.TOKEN_CLASSIFICATION,
+            metrics=self.metrics,
+        )
         with self._lock:
             if self._stopped:
                 return
             self._engine, self._batcher = engine, batcher
             batcher.start()
         self.load_seconds = time.monotonic() - started
-        self.metrics.model.labels(self.model_name or engine.name, engine.task.value,
-                                  engine.manifest.precision, engine.digest).set(1)
+        self.metrics.model.labels(
+            self.model_name or engine.name,
+            engine.task.value,
+            engine.manifest.precision,
+            engine.digest,
+        ).set(1)
         self.metrics.ready.set(1)
         self._ready.set()
-        log.info("model %s ready: %s, %s, %d intra-op threads, providers %s (%.1f s)",
-                 self.model_name, engine.task.value, engine.manifest.precision, engine.threads,
-                 ",".join(engine.providers), self.load_seconds)
+        log.info(
+            "model %s ready: %s, %s, %d intra-op threads, providers %s (%.1f s)",
+            self.model_name,
+            engine.task.value,
+            engine.manifest.precision,
+            engine.threads,
+            ",".join(engine.providers),
+            self.load_seconds,
+        )
 
     def _warm_up(self, engine: Engine) -> None:
         """A few calls at the batch shapes the server will see, before the first request."""
@@ -192,21 +214,23 @@ class Service:
         if not texts:
             raise ApiError(422, "at least one text is needed")
         if len(texts) > limits.max_texts:
-            raise ApiError(413, f"too many texts: {len(texts)} (limit {limits.max_texts} per "
-                           "request)")
+            raise ApiError(
+                413, f"too many texts: {len(texts)} (limit {limits.max_texts} per request)"
+            )
         for index, text in enumerate(texts):
             if len(text) > limits.max_chars:
-                raise ApiError(413, f"text {index} has {len(text)} characters (limit "
-                               f"{limits.max_chars})")
+                raise ApiError(
+                    413, f"text {index} has {len(text)} characters (limit {limits.max_chars})"
+                )
             if not text.isascii():
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise ApiError(422, f"text {index} is not valid Unicode (lone surrogate)") \
-                        from None
+                    raise ApiError(
+                        422, f"text {index} is not valid Unicode (lone surrogate)"
+                    ) from None
 
-    async def infer(self, texts: Sequence[str],
-                    context: RequestContext | None = None) -> Inference:
+    async def infer(self, texts: Sequence[str], context: RequestContext | None = None) -> Inference:
         """Check, then tokenize and run in shared batches; errors are ApiErrors."""
         self.check_texts(texts)
         if context is not None:
@@ -219,15 +243,18 @@ class Service:
         try:
             result = await batcher.run(texts)
         except TokenLimitError as exc:
-            raise ApiError(413, f"{exc.message}, after truncation at {engine.max_length} "
-                           "tokens per text") from None
+            raise ApiError(
+                413, f"{exc.message}, after truncation at {engine.max_length} tokens per text"
+            ) from None
         except OverloadedError as exc:
             self.metrics.rejected.labels("overloaded").inc()
-            raise ApiError(503, exc.message, headers={"Retry-After": "1"},
-                           outcome="overloaded") from None
+            raise ApiError(
+                503, exc.message, headers={"Retry-After": "1"}, outcome="overloaded"
+            ) from None
         except StoppedError as exc:
-            raise ApiError(503, exc.message, headers={"Retry-After": "1"},
-                           outcome="shutting_down") from None
+            raise ApiError(
+                503, exc.message, headers={"Retry-After": "1"}, outcome="shutting_down"
+            ) from None
         except RequestTimeoutError as exc:
             self.metrics.rejected.labels("timeout").inc()
             raise ApiError(504, exc.message, outcome="timeout") from None

@@ -17,21 +17,48 @@ from pathlib import Path
 from onnxguard.errors import UsageError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024,
-          "m": 1000**2, "mb": 1000**2, "mi": 1024**2, "mib": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3}
-_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
-            "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
-            "h": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0,
-            "days": 86400.0}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "ki": 1024,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gi": 1024**3,
+    "gib": 1024**3,
+}
+_PERIODS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
 
 
 def parse_size(text: str, what: str = "size") -> int:
     """``1048576``, ``512KiB``, ``1MB``, ``1MiB`` -> bytes."""
     match = _SIZE.match(text)
     if not match:
-        raise UsageError(f"cannot read {what} {text!r}",
-                         hint="write a byte count such as 1048576, 512KiB, 1MB or 1MiB")
+        raise UsageError(
+            f"cannot read {what} {text!r}",
+            hint="write a byte count such as 1048576, 512KiB, 1MB or 1MiB",
+        )
     number, unit = match.groups()
     return int(float(number) * _UNITS[(unit or "").lower()])
 
@@ -51,8 +78,10 @@ class RateLimit:
         count, _, period = text.strip().partition("/")
         seconds = _PERIODS.get(period.strip().lower())
         if not count.strip().isdigit() or int(count) < 1 or seconds is None:
-            raise UsageError(f"cannot read rate limit {text!r}",
-                             hint="write N/second, N/minute, N/hour or N/day (N >= 1), or off")
+            raise UsageError(
+                f"cannot read rate limit {text!r}",
+                hint="write N/second, N/minute, N/hour or N/day (N >= 1), or off",
+            )
         return cls(int(count), seconds)
 
     @property
@@ -146,11 +175,15 @@ class TLSSettings:
     """Require client certificates signed by this CA (mutual TLS)."""
 
     def check(self) -> None:
-        for label, path in (("certificate", self.cert), ("key", self.key),
-                            ("client CA", self.client_ca)):
+        for label, path in (
+            ("certificate", self.cert),
+            ("key", self.key),
+            ("client CA", self.client_ca),
+        ):
             if path is not None and not Path(path).is_file():
-                raise UsageError(f"TLS {label} {path} does not exist",
-                                 hint="pass a readable PEM file")
+                raise UsageError(
+                    f"TLS {label} {path} does not exist", hint="pass a readable PEM file"
+                )
 
 
 class DocsMode(StrEnum):
@@ -209,15 +242,19 @@ class ServeConfig:
             )
         if self.api_keys_file is not None and self.allow_unauthenticated:
             raise UsageError("--api-keys-file and --allow-unauthenticated exclude each other")
-        if self.model_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}",
-                                                            self.model_name):
-            raise UsageError(f"model name {self.model_name!r} is not allowed",
-                             hint="use letters, digits, '.', '_' and '-' (up to 128)")
+        if self.model_name is not None and not re.fullmatch(
+            r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", self.model_name
+        ):
+            raise UsageError(
+                f"model name {self.model_name!r} is not allowed",
+                hint="use letters, digits, '.', '_' and '-' (up to 128)",
+            )
         for origin in self.cors_origins:
             if origin == "*" or not re.fullmatch(r"https?://[^/\s]+", origin):
-                raise UsageError(f"CORS origin {origin!r} is not allowed",
-                                 hint="list exact origins such as https://app.example.com; "
-                                 "'*' is refused")
+                raise UsageError(
+                    f"CORS origin {origin!r} is not allowed",
+                    hint="list exact origins such as https://app.example.com; '*' is refused",
+                )
 
     @property
     def loopback(self) -> bool:

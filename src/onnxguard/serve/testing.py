@@ -26,12 +26,17 @@ class BackgroundServer:
     """uvicorn on 127.0.0.1 (an ephemeral port unless given) in a daemon thread."""
 
     def __init__(self, app: Any, *, port: int = 0, **uvicorn_options: Any) -> None:
-        options: dict[str, Any] = {"log_level": "warning", "access_log": False,
-                                   "server_header": False, "timeout_graceful_shutdown": 10,
-                                   "lifespan": "on"} | uvicorn_options
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "access_log": False,
+            "server_header": False,
+            "timeout_graceful_shutdown": 10,
+            "lifespan": "on",
+        } | uvicorn_options
         self.server = uvicorn.Server(uvicorn.Config(app, host=LOOPBACK, port=port, **options))
-        self._thread = threading.Thread(target=self.server.run, name="onnxguard-test-server",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, name="onnxguard-test-server", daemon=True
+        )
         self.port = 0
 
     @property
@@ -56,8 +61,8 @@ class BackgroundServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(self.url + "/v2/health/ready",  # noqa: S310
-                                            timeout=2) as response:
+                url = self.url + "/v2/health/ready"  # always http://127.0.0.1
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -72,6 +77,10 @@ class BackgroundServer:
     def __enter__(self) -> BackgroundServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.stop()

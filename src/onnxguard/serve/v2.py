@@ -147,9 +147,11 @@ def _parse_input(tensor: Any, binary: bytes) -> tuple[list[str], int]:
     if tensor.get("datatype") != "BYTES":
         raise _bad(f"input '{INPUT_NAME}' must have datatype BYTES")
     shape = tensor.get("shape")
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                       for d in shape)):
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 2
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
         raise _bad(f"input '{INPUT_NAME}' shape must be [N] or [N, 1]")
     count = shape[0] * (shape[1] if len(shape) == 2 else 1)
     parameters = _parameters(tensor.get("parameters"), "input")
@@ -198,8 +200,11 @@ def _parse_outputs(outputs: Any) -> list[RequestedOutput] | None:
         raise _bad("outputs must be a list of at most 16 entries")
     result: list[RequestedOutput] = []
     for entry in outputs:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
-                or set(entry) - _OUTPUT_KEYS:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or set(entry) - _OUTPUT_KEYS
+        ):
             raise _bad("each output must be an object with a name (and parameters)")
         parameters = _parameters(entry.get("parameters"), "output")
         if any(key.startswith("shared_memory") for key in parameters):
@@ -228,7 +233,7 @@ def _deserialize_bytes(buffer: bytes) -> list[bytes]:
         offset += 4
         if offset + length > len(buffer):
             raise _bad("binary BYTES tensor is truncated")
-        items.append(buffer[offset:offset + length])
+        items.append(buffer[offset : offset + length])
         offset += length
     return items
 
@@ -242,9 +247,11 @@ def output_specs(engine: Engine) -> list[TensorSpec]:
     """The outputs the model offers, by task."""
     if engine.task is Task.TEXT_CLASSIFICATION:
         labels = len(engine.labels) or -1
-        return [TensorSpec(engine.output_name, "FP32", [-1, labels]),
-                TensorSpec("probabilities", "FP32", [-1, labels]),
-                TensorSpec("label", "BYTES", [-1])]
+        return [
+            TensorSpec(engine.output_name, "FP32", [-1, labels]),
+            TensorSpec("probabilities", "FP32", [-1, labels]),
+            TensorSpec("label", "BYTES", [-1]),
+        ]
     if engine.task is Task.FEATURE_EXTRACTION:
         return [TensorSpec(engine.output_name, "FP32", [-1, _embedding_dim(engine)])]
     return [TensorSpec("tokens", "BYTES", [-1])]
@@ -258,21 +265,24 @@ def _embedding_dim(engine: Engine) -> int:
     return dim if isinstance(dim, int) else -1
 
 
-def build_outputs(engine: Engine, inference: Inference,
-                  wanted: list[RequestedOutput] | None) -> list[tuple[OutputTensor, bool]]:
+def build_outputs(
+    engine: Engine, inference: Inference, wanted: list[RequestedOutput] | None
+) -> list[tuple[OutputTensor, bool]]:
     """Compute the requested outputs; (tensor, binary) pairs in the order asked for."""
     specs = {spec.name: spec for spec in output_specs(engine)}
-    requested = wanted if wanted is not None else [
-        RequestedOutput(name, binary=False) for name in specs]
+    requested = (
+        wanted if wanted is not None else [RequestedOutput(name, binary=False) for name in specs]
+    )
     for item in requested:
         if item.name not in specs:
-            raise _bad(f"unknown output {item.name[:64]!r}; the model offers "
-                       f"{', '.join(specs)}")
+            raise _bad(f"unknown output {item.name[:64]!r}; the model offers {', '.join(specs)}")
     count = len(inference.rows)
     values: dict[str, Any] = {}
     if engine.task is Task.TOKEN_CLASSIFICATION:
-        docs = [engine.postprocess_tokens(row, enc)
-                for row, enc in zip(inference.rows, inference.encodings, strict=True)]
+        docs = [
+            engine.postprocess_tokens(row, enc)
+            for row, enc in zip(inference.rows, inference.encodings, strict=True)
+        ]
         values["tokens"] = [json.dumps(d, ensure_ascii=False).encode("utf-8") for d in docs]
     else:
         stacked = np.stack(inference.rows).astype(np.float32, copy=False)
@@ -282,15 +292,15 @@ def build_outputs(engine: Engine, inference: Inference,
 
             probabilities = softmax(stacked.astype(np.float64)).astype(np.float32)
             values["probabilities"] = probabilities
-            values["label"] = [engine.label_of(int(i)).encode("utf-8")
-                               for i in probabilities.argmax(axis=-1)]
+            values["label"] = [
+                engine.label_of(int(i)).encode("utf-8") for i in probabilities.argmax(axis=-1)
+            ]
     result: list[tuple[OutputTensor, bool]] = []
     for item in requested:
         value = values[item.name]
         if item.classification:
             if not isinstance(value, np.ndarray):
-                raise _bad(f"classification is only available on FP32 outputs, not "
-                           f"{item.name!r}")
+                raise _bad(f"classification is only available on FP32 outputs, not {item.name!r}")
             tensor = _top_k(engine, item.name, value, item.classification)
         elif isinstance(value, np.ndarray):
             tensor = OutputTensor(item.name, "FP32", list(value.shape), value)
@@ -303,24 +313,37 @@ def build_outputs(engine: Engine, inference: Inference,
 def _top_k(engine: Engine, name: str, values: np.ndarray, k: int) -> OutputTensor:
     k = min(k, values.shape[-1])
     order = np.argsort(-values, axis=-1, kind="stable")[:, :k]
-    items = [f"{values[r, i]:f}:{i}:{engine.label_of(int(i))}".encode()
-             for r in range(values.shape[0]) for i in order[r]]
+    items = [
+        f"{values[r, i]:f}:{i}:{engine.label_of(int(i))}".encode()
+        for r in range(values.shape[0])
+        for i in order[r]
+    ]
     return OutputTensor(name, "BYTES", [values.shape[0], k], items)
 
 
-def encode_response(model_name: str, request_id: str | None,
-                    outputs: list[tuple[OutputTensor, bool]], binary_default: bool,
-                    explicit: bool) -> tuple[bytes, int | None]:
+def encode_response(
+    model_name: str,
+    request_id: str | None,
+    outputs: list[tuple[OutputTensor, bool]],
+    binary_default: bool,
+    explicit: bool,
+) -> tuple[bytes, int | None]:
     """The response body, and the JSON header length when binary tensors follow it."""
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for tensor, binary_asked in outputs:
         binary = binary_asked if explicit else binary_default
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
-                                 "shape": tensor.shape}
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+        }
         if binary:
-            blob = (tensor.value.astype("<f4").tobytes() if tensor.datatype == "FP32"
-                    else serialize_bytes(tensor.value))
+            blob = (
+                tensor.value.astype("<f4").tobytes()
+                if tensor.datatype == "FP32"
+                else serialize_bytes(tensor.value)
+            )
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif tensor.datatype == "FP32":
@@ -328,12 +351,16 @@ def encode_response(model_name: str, request_id: str | None,
         else:
             entry["data"] = [item.decode("utf-8") for item in tensor.value]
         entries.append(entry)
-    document: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION,
-                                "outputs": entries}
+    document: dict[str, Any] = {
+        "model_name": model_name,
+        "model_version": MODEL_VERSION,
+        "outputs": entries,
+    }
     if request_id is not None:
         document["id"] = request_id
-    head = json.dumps(document, ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False).encode("utf-8")
+    head = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+        "utf-8"
+    )
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
@@ -356,8 +383,11 @@ _INFER_SCHEMA: dict[str, Any] = {
                 "required": ["name", "shape", "datatype"],
                 "properties": {
                     "name": {"type": "string", "description": f"Always '{INPUT_NAME}'."},
-                    "shape": {"type": "array", "items": {"type": "integer"},
-                              "description": "[N] or [N, 1]."},
+                    "shape": {
+                        "type": "array",
+                        "items": {"type": "integer"},
+                        "description": "[N] or [N, 1].",
+                    },
                     "datatype": {"type": "string", "description": "Always 'BYTES'."},
                     "data": {"type": "array", "items": {"type": "string"}},
                     "parameters": {"type": "object"},
@@ -376,8 +406,7 @@ _INFER_SCHEMA: dict[str, Any] = {
     },
 }
 _INFER_OPENAPI: dict[str, Any] = {
-    "requestBody": {"required": True,
-                    "content": {"application/json": {"schema": _INFER_SCHEMA}}},
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _INFER_SCHEMA}}},
 }
 
 
@@ -394,8 +423,9 @@ def make_router(service: Service) -> APIRouter:
 
     @router.get("/v2", summary="Server metadata")
     async def server_metadata() -> Response:
-        return json_response({"name": "onnxguard", "version": __version__,
-                              "extensions": EXTENSIONS})
+        return json_response(
+            {"name": "onnxguard", "version": __version__, "extensions": EXTENSIONS}
+        )
 
     @router.get("/v2/health/live", summary="Liveness (no key needed)")
     async def live() -> Response:
@@ -409,11 +439,15 @@ def make_router(service: Service) -> APIRouter:
 
     def metadata(model_name: str, version: str | None) -> Response:
         engine = engine_for(model_name, version)
-        return json_response({
-            "name": service.model_name, "versions": [MODEL_VERSION], "platform": PLATFORM,
-            "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [spec.__dict__ for spec in output_specs(engine)],
-        })
+        return json_response(
+            {
+                "name": service.model_name,
+                "versions": [MODEL_VERSION],
+                "platform": PLATFORM,
+                "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [spec.__dict__ for spec in output_specs(engine)],
+            }
+        )
 
     def model_ready(model_name: str, version: str | None) -> Response:
         engine_for(model_name, version)
@@ -422,20 +456,32 @@ def make_router(service: Service) -> APIRouter:
     def config(model_name: str, version: str | None) -> Response:
         engine = engine_for(model_name, version)
         settings = service.config.batching
-        return json_response({
-            "name": service.model_name, "platform": PLATFORM, "backend": "onnxruntime",
-            "max_batch_size": 0,
-            "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
-            "output": [{"name": spec.name, "data_type": _triton_type(spec.datatype),
-                        "dims": spec.shape} for spec in output_specs(engine)],
-            "dynamic_batching": {
-                "max_queue_delay_microseconds": int(settings.max_wait_ms * 1000),
-                "preferred_batch_size": [settings.max_batch],
-            },
-            "parameters": {"task": {"string_value": engine.task.value},
-                           "max_length": {"string_value": str(engine.max_length)},
-                           "bundle_digest": {"string_value": engine.digest}},
-        })
+        return json_response(
+            {
+                "name": service.model_name,
+                "platform": PLATFORM,
+                "backend": "onnxruntime",
+                "max_batch_size": 0,
+                "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
+                "output": [
+                    {
+                        "name": spec.name,
+                        "data_type": _triton_type(spec.datatype),
+                        "dims": spec.shape,
+                    }
+                    for spec in output_specs(engine)
+                ],
+                "dynamic_batching": {
+                    "max_queue_delay_microseconds": int(settings.max_wait_ms * 1000),
+                    "preferred_batch_size": [settings.max_batch],
+                },
+                "parameters": {
+                    "task": {"string_value": engine.task.value},
+                    "max_length": {"string_value": str(engine.max_length)},
+                    "bundle_digest": {"string_value": engine.digest},
+                },
+            }
+        )
 
     async def infer(request: Request, model_name: str, version: str | None) -> Response:
         engine = engine_for(model_name, version)
@@ -444,12 +490,19 @@ def make_router(service: Service) -> APIRouter:
         inference = await service.infer(parsed.texts, context_of(request.scope))
         outputs = build_outputs(engine, inference, parsed.outputs)
         payload, header_length = encode_response(
-            service.model_name or engine.name, parsed.id, outputs, parsed.binary_default,
-            explicit=parsed.outputs is not None)
+            service.model_name or engine.name,
+            parsed.id,
+            outputs,
+            parsed.binary_default,
+            explicit=parsed.outputs is not None,
+        )
         if header_length is None:
             return Response(payload, media_type="application/json")
-        return Response(payload, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(header_length)})
+        return Response(
+            payload,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(header_length)},
+        )
 
     # Each route twice: without and with /versions/{model_version} (tritonclient uses both).
     async def get_metadata(model_name: str) -> Response:
@@ -478,16 +531,23 @@ def make_router(service: Service) -> APIRouter:
 
     base = "/v2/models/{model_name}"
     versioned = base + "/versions/{model_version}"
-    for prefix, handlers in ((base, (get_metadata, get_ready, get_config, post_infer)),
-                             (versioned, (get_metadata_v, get_ready_v, get_config_v,
-                                          post_infer_v))):
+    for prefix, handlers in (
+        (base, (get_metadata, get_ready, get_config, post_infer)),
+        (versioned, (get_metadata_v, get_ready_v, get_config_v, post_infer_v)),
+    ):
         meta, rdy, cfg, inf = handlers
         router.add_api_route(prefix, meta, methods=["GET"], summary="Model metadata")
         router.add_api_route(prefix + "/ready", rdy, methods=["GET"], summary="Model readiness")
-        router.add_api_route(prefix + "/config", cfg, methods=["GET"],
-                             summary="Model configuration (Triton format)")
-        router.add_api_route(prefix + "/infer", inf, methods=["POST"], summary="Inference",
-                             openapi_extra=_INFER_OPENAPI)
+        router.add_api_route(
+            prefix + "/config", cfg, methods=["GET"], summary="Model configuration (Triton format)"
+        )
+        router.add_api_route(
+            prefix + "/infer",
+            inf,
+            methods=["POST"],
+            summary="Inference",
+            openapi_extra=_INFER_OPENAPI,
+        )
     return router
 
 

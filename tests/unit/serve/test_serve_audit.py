@@ -129,8 +129,7 @@ def test_rotation_keeps_the_chain_across_files(tmp_path: Path) -> None:
     assert first["type"] == "file" and first["previous_file"] == rotated[-1].name
 
 
-def test_deleting_a_rotated_file_is_detected_but_pruning_is_not_tampering(
-        tmp_path: Path) -> None:
+def test_deleting_a_rotated_file_is_detected_but_pruning_is_not_tampering(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     _write(path, 40, max_bytes=2000)
     rotated = rotated_files(path)

@@ -43,13 +43,24 @@ def test_parse_plain_lines_get_the_infer_scope_and_suffix_lines_their_scopes() -
     text = f"# comment\n\nalice:{_digest(a)}\n  ops:{_digest(b)}:metrics  \n"
     keys = parse_keys(text)
     assert [(k.key_id, k.scopes) for k in keys] == [
-        ("alice", frozenset({"infer"})), ("ops", frozenset({"metrics"}))]
+        ("alice", frozenset({"infer"})),
+        ("ops", frozenset({"metrics"})),
+    ]
 
 
-@pytest.mark.parametrize("line", [
-    "alice", "alice:nothex", "alice:" + "a" * 63, ":" + "a" * 64, "a b:" + "a" * 64,
-    "alice:" + "a" * 64 + ":admin", "alice:" + "a" * 64 + ":", "alice:" + "a" * 64 + ":infer:x",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "alice",
+        "alice:nothex",
+        "alice:" + "a" * 63,
+        ":" + "a" * 64,
+        "a b:" + "a" * 64,
+        "alice:" + "a" * 64 + ":admin",
+        "alice:" + "a" * 64 + ":",
+        "alice:" + "a" * 64 + ":infer:x",
+    ],
+)
 def test_malformed_lines_refuse_the_whole_file(line: str) -> None:
     with pytest.raises(ServeError):
         parse_keys(f"good:{'b' * 64}\n{line}\n")
@@ -62,14 +73,23 @@ def test_duplicate_ids_refused() -> None:
 
 def test_authenticate_right_wrong_and_malformed() -> None:
     secret, other = generate_secret(), generate_secret()
-    store = KeyStore(parse_keys(key_line("alice", secret) + "\n" +
-                                key_line("ops", other, ["metrics"])))
+    store = KeyStore(
+        parse_keys(key_line("alice", secret) + "\n" + key_line("ops", other, ["metrics"]))
+    )
     principal = store.authenticate(f"Bearer {secret}")
     assert principal is not None and principal.key_id == "alice"
     assert principal.scopes == frozenset({"infer"})
     assert store.authenticate(f"bearer   {other}").key_id == "ops"  # type: ignore[union-attr]
-    for header in (None, "", secret, f"Basic {secret}", f"Bearer {secret}x", "Bearer short",
-                   f"Bearer {generate_secret()}", "Bearer " + "x" * 600):
+    for header in (
+        None,
+        "",
+        secret,
+        f"Basic {secret}",
+        f"Bearer {secret}x",
+        "Bearer short",
+        f"Bearer {generate_secret()}",
+        "Bearer " + "x" * 600,
+    ):
         assert store.authenticate(header) is None
 
 
@@ -127,7 +147,8 @@ def test_append_key_line_creates_private_file_and_refuses_duplicates(tmp_path: P
 
 
 def test_store_reloads_a_changed_file_and_keeps_old_keys_on_a_bad_one(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(auth, "_RELOAD_INTERVAL_S", 0.0)
     old, new = generate_secret(), generate_secret()
     path = tmp_path / "keys.txt"

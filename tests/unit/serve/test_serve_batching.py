@@ -43,8 +43,7 @@ class FakeEngine:
         self.encode_calls += 1
         return [FakeEncoding([len(w) for w in t.split()] or [0]) for t in texts]
 
-    def run_batch(self, encodings: Sequence[FakeEncoding], pad_to: int | None = None
-                  ) -> np.ndarray:
+    def run_batch(self, encodings: Sequence[FakeEncoding], pad_to: int | None = None) -> np.ndarray:
         self.gate.wait()
         if self.fail:
             raise RuntimeError("ORT exploded")
@@ -70,8 +69,12 @@ def run(batcher: Batcher, *requests: Sequence[str]) -> list:
 
 
 def make(engine: FakeEngine, per_token: bool = True, **settings: object) -> Batcher:
-    batcher = Batcher(engine, BatchSettings(**settings),  # type: ignore[arg-type]
-                      per_token_output=per_token, metrics=ServeMetrics())
+    batcher = Batcher(
+        engine,
+        BatchSettings(**settings),  # type: ignore[arg-type]
+        per_token_output=per_token,
+        metrics=ServeMetrics(),
+    )
     batcher.start()
     return batcher
 

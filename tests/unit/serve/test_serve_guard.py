@@ -14,19 +14,26 @@ from onnxguard.serve.settings import DocsMode
 LIMIT = 1024
 
 
-@pytest.mark.parametrize(("path", "label", "scope", "audited"), [
-    ("/v2/health/live", "/v2/health/live", None, False),
-    ("/v2/health/ready", "/v2/health/ready", None, False),
-    ("/metrics", "/metrics", "metrics", True),
-    ("/v1/classify", "/v1/classify", "infer", True),
-    ("/v2/models/m/infer", "/v2/models/{name}/infer", "infer", True),
-    ("/v2/models/m/versions/1/ready", "/v2/models/{name}/versions/{version}/ready", "infer",
-     True),
-    ("/v2/models/anything-at-all", "/v2/models/{name}", "infer", True),
-    ("/openapi.json", "/openapi.json", "infer", True),
-    ("/../../etc/passwd", "other", "infer", True),
-    ("/v2/models/a/b/c/d", "other", "infer", True),
-])
+@pytest.mark.parametrize(
+    ("path", "label", "scope", "audited"),
+    [
+        ("/v2/health/live", "/v2/health/live", None, False),
+        ("/v2/health/ready", "/v2/health/ready", None, False),
+        ("/metrics", "/metrics", "metrics", True),
+        ("/v1/classify", "/v1/classify", "infer", True),
+        ("/v2/models/m/infer", "/v2/models/{name}/infer", "infer", True),
+        (
+            "/v2/models/m/versions/1/ready",
+            "/v2/models/{name}/versions/{version}/ready",
+            "infer",
+            True,
+        ),
+        ("/v2/models/anything-at-all", "/v2/models/{name}", "infer", True),
+        ("/openapi.json", "/openapi.json", "infer", True),
+        ("/../../etc/passwd", "other", "infer", True),
+        ("/v2/models/a/b/c/d", "other", "infer", True),
+    ],
+)
 def test_route_classes(path: str, label: str, scope: str | None, audited: bool) -> None:
     route = classify(path, DocsMode.ON)
     assert (route.label, route.scope, route.audited) == (label, scope, audited)
@@ -63,13 +70,16 @@ def test_many_small_members_still_bounded() -> None:
     assert caught.value.status == 413
 
 
-@pytest.mark.parametrize(("body", "coding", "status"), [
-    (b"not gzip at all", "gzip", 400),
-    (gzip.compress(b"x" * 100)[:-12], "gzip", 400),
-    (zlib.compress(b"x") + b"junk", "deflate", 400),
-    (b"x", "br", 415),
-    (b"x", "gzip, gzip, gzip", 415),
-])
+@pytest.mark.parametrize(
+    ("body", "coding", "status"),
+    [
+        (b"not gzip at all", "gzip", 400),
+        (gzip.compress(b"x" * 100)[:-12], "gzip", 400),
+        (zlib.compress(b"x") + b"junk", "deflate", 400),
+        (b"x", "br", 415),
+        (b"x", "gzip, gzip, gzip", 415),
+    ],
+)
 def test_bad_encodings(body: bytes, coding: str, status: int) -> None:
     with pytest.raises(ApiError) as caught:
         _decode(body, coding, LIMIT)

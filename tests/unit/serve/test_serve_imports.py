@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def test_serving_never_imports_torch_or_transformers(
-        tiny_bundle_factory: Callable[..., Path]) -> None:
+    tiny_bundle_factory: Callable[..., Path],
+) -> None:
     bundle = tiny_bundle_factory("bert", "text-classification", "dynamic")
     code = f"""
 import sys
@@ -29,7 +30,8 @@ heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
 print("heavy:", heavy)
 assert not heavy, heavy
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "heavy: []" in result.stdout

@@ -10,10 +10,17 @@ from onnxguard.errors import UsageError
 from onnxguard.serve.settings import BatchSettings, Limits, RateLimit, ServeConfig, parse_size
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1048576", 1048576), ("512KiB", 512 * 1024), ("1MB", 1_000_000), ("1MiB", 1024 * 1024),
-    ("2 gib", 2 * 1024**3), ("10b", 10),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1048576", 1048576),
+        ("512KiB", 512 * 1024),
+        ("1MB", 1_000_000),
+        ("1MiB", 1024 * 1024),
+        ("2 gib", 2 * 1024**3),
+        ("10b", 10),
+    ],
+)
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
@@ -24,10 +31,16 @@ def test_parse_size_refuses_garbage(text: str) -> None:
         parse_size(text)
 
 
-@pytest.mark.parametrize(("text", "requests", "period"), [
-    ("100/minute", 100, 60.0), ("10/s", 10, 1.0), ("5000/hour", 5000, 3600.0),
-    ("7/day", 7, 86400.0), ("3/minutes", 3, 60.0),
-])
+@pytest.mark.parametrize(
+    ("text", "requests", "period"),
+    [
+        ("100/minute", 100, 60.0),
+        ("10/s", 10, 1.0),
+        ("5000/hour", 5000, 3600.0),
+        ("7/day", 7, 86400.0),
+        ("3/minutes", 3, 60.0),
+    ],
+)
 def test_rate_limit_parse(text: str, requests: int, period: float) -> None:
     limit = RateLimit.parse(text)
     assert limit == RateLimit(requests, period)
@@ -59,8 +72,9 @@ def test_keys_are_required_unless_explicitly_waived(tmp_path: Path) -> None:
         ServeConfig(bundle=tmp_path).check()
     ServeConfig(bundle=tmp_path, allow_unauthenticated=True).check()
     with pytest.raises(UsageError, match="exclude"):
-        ServeConfig(bundle=tmp_path, api_keys_file=tmp_path / "k",
-                    allow_unauthenticated=True).check()
+        ServeConfig(
+            bundle=tmp_path, api_keys_file=tmp_path / "k", allow_unauthenticated=True
+        ).check()
 
 
 @pytest.mark.parametrize("origin", ["*", "example.com", "https://a.example/path"])
@@ -79,9 +93,16 @@ def test_bad_model_name_and_limits_refused(tmp_path: Path) -> None:
         ServeConfig(**base, batching=BatchSettings(min_fill=1.5)).check()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False),
-    ("192.168.1.4", False), ("example.com", False),
-])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.1.4", False),
+        ("example.com", False),
+    ],
+)
 def test_loopback_detection(tmp_path: Path, host: str, loopback: bool) -> None:
     assert ServeConfig(bundle=tmp_path, host=host).loopback is loopback
