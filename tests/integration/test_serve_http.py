@@ -455,7 +455,11 @@ def test_429_past_the_rate_with_retry_after(bundle: Path, keys: Keys, tmp_path: 
 
 def test_503_under_overload_is_fast(bundle: Path, keys: Keys, tmp_path: Path) -> None:
     config = config_for(
-        bundle, keys, tmp_path, batching=BatchSettings(queue_size=2, max_wait_ms=1500, max_batch=64)
+        bundle,
+        keys,
+        tmp_path,
+        limits=Limits(max_texts=2),
+        batching=BatchSettings(queue_size=2, max_wait_ms=1500, max_batch=64),
     )
     with (
         BackgroundServer(create_app(config)) as server,

@@ -229,6 +229,12 @@ class ServeConfig:
         """Refuse unsafe or inconsistent combinations before anything starts."""
         self.limits.check()
         self.batching.check()
+        if self.batching.queue_size < self.limits.max_texts:
+            raise UsageError(
+                f"queue size {self.batching.queue_size} is smaller than max-texts "
+                f"{self.limits.max_texts}: a full-size request could never be queued",
+                hint="raise --queue-size or lower --max-texts",
+            )
         if self.tls is not None:
             self.tls.check()
         if not 0 <= self.port <= 65535:

@@ -91,6 +91,8 @@ def test_bad_model_name_and_limits_refused(tmp_path: Path) -> None:
         ServeConfig(**base, limits=Limits(max_texts=0)).check()  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         ServeConfig(**base, batching=BatchSettings(min_fill=1.5)).check()  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="never be queued"):
+        ServeConfig(**base, batching=BatchSettings(queue_size=10)).check()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
