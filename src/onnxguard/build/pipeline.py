@@ -224,6 +224,7 @@ def build_bundle(config: BuildConfig, progress: Progress | None = None) -> Build
         manifest = replace(manifest, stages=manifest.stages | {"scan": {
             "source": source_scan.summary(), "bundle": bundle_scan.summary(),
             "fail_on": config.scan_fail_on,
+            "summary": f"source {_scan_line(source_scan)}; bundle {_scan_line(bundle_scan)}",
         }})
         write_manifest(staged, manifest)
         timer.done("bundle", f"{len(manifest.files)} files; scan: {_scan_line(bundle_scan)}")
