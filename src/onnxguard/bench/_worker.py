@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,6 +50,35 @@ def proc_status() -> dict[str, int]:
     return out
 
 
+@dataclass
+class _Pass:
+    """One pass over a subset in progress: what is left to run and what was measured."""
+
+    wl: dict[str, Any]
+    count: int
+    order: list[int]
+    feeds: list[Feed | None]
+    encodings: list[Any]
+    tokenize_ms: float
+    next: int = 0
+    batch_ms: list[float] = field(default_factory=list)
+    shapes: list[list[int]] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rows = [None] * self.count
+
+    def timings(self) -> dict[str, Any]:
+        return {"batch_ms": self.batch_ms, "shapes": self.shapes,
+                "tokenize_ms": self.tokenize_ms, "sequences": sum(s[0] for s in self.shapes)}
+
+    def outputs(self, task: str) -> np.ndarray:
+        done = [r for r in self.rows if r is not None]
+        if not done:
+            return np.zeros((0,), dtype=np.float32)
+        return np.concatenate(done) if task == "token-classification" else np.stack(done)
+
+
 class _Worker:
     def __init__(self) -> None:
         self.runner: Runner | None = None
@@ -58,6 +88,7 @@ class _Worker:
         self.texts: list[str] = []
         self.sample: list[int] = []
         self.padded: dict[str, list[Feed]] = {}
+        self.current: _Pass | None = None
         self.import_seconds = 0.0
 
     # --- commands -------------------------------------------------------------------------------
@@ -96,10 +127,23 @@ class _Worker:
             self._pass(wl, "sample", limit=WARMUP_BATCHES)
         return {"ok": True}
 
-    def run(self, req: dict[str, Any]) -> dict[str, Any]:
-        result = self._pass(req["workload"], req.get("subset", "sample"))
-        result.pop("outputs")
-        return {"ok": True} | result
+    def begin(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Start a timed pass over the latency sample; the parent then calls ``step``."""
+        self.current = self._begin(req["workload"], req.get("subset", "sample"))
+        return {"ok": True, "batches": len(self.current.feeds),
+                "tokenize_ms": self.current.tokenize_ms}
+
+    def step(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Run the current pass's next ``count`` batches; the last step returns the timings."""
+        if self.current is None:
+            return {"ok": False, "error": "step without begin"}
+        self._step(self.current, int(req["count"]))
+        done = self.current.next >= len(self.current.feeds)
+        reply: dict[str, Any] = {"ok": True, "done": done}
+        if done:
+            reply |= self.current.timings()
+            self.current = None
+        return reply
 
     def predict(self, req: dict[str, Any]) -> dict[str, Any]:
         """One pass over a subset; outputs saved in input order to ``req['out']`` (.npy)."""
@@ -207,55 +251,53 @@ class _Worker:
         return [pad_batch(encodings[i:i + batch], names, self.pad_id, seq)
                 for i in range(0, len(encodings), batch)]
 
-    def _pass(self, wl: dict[str, Any], subset: str, limit: int | None = None) -> dict[str, Any]:
-        """Time each batch and the whole pass.
-
-        Fixed padding (the seed's setting): inputs are tokenized and padded beforehand and only
-        the model call is timed.  Dynamic padding (what a server sees): the pass also times
-        tokenization, the length sort and per-batch padding.
-        """
-        from onnxguard._tokenize import pad_batch
-
-        assert self.runner is not None
-        run, task, size = self.runner, self.spec["task"], int(wl["batch"])
-        names = list(self.spec["input_names"])
+    def _begin(self, wl: dict[str, Any], subset: str) -> _Pass:
+        """Start a pass: fixed padding uses feeds padded beforehand (untimed, like the seed);
+        dynamic padding times tokenization and the length sort, as a server would pay them."""
         indices = self._subset(subset)
-        feeds: list[Feed | None]
-        tokenize_ms = 0.0
+        size = int(wl["batch"])
         if wl["seq"] is not None:
             key = f"{wl['id']}:{subset}"
             if key not in self.padded:
                 self.padded[key] = self._padded_feeds(indices, wl)
-            feeds = list(self.padded[key])
-            start = time.perf_counter()
-            order = list(range(len(indices)))
-        else:
-            start = time.perf_counter()
-            encodings = self._encode(indices, int(self.spec["max_length"]))
-            order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-            tokenize_ms = (time.perf_counter() - start) * 1e3
-            feeds = [None] * ((len(order) + size - 1) // size)
-        batch_ms: list[float] = []
-        shapes: list[list[int]] = []
-        rows: list[Any] = [None] * len(indices)
-        for number, feed in enumerate(feeds):
-            if limit is not None and number >= limit:
-                break
-            group = order[number * size:(number + 1) * size]
+            feeds: list[Feed | None] = list(self.padded[key])
+            return _Pass(wl, len(indices), list(range(len(indices))), feeds, [], 0.0)
+        start = time.perf_counter()
+        encodings = self._encode(indices, int(self.spec["max_length"]))
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        tokenize_ms = (time.perf_counter() - start) * 1e3
+        return _Pass(wl, len(indices), order, [None] * ((len(order) + size - 1) // size),
+                     encodings, tokenize_ms)
+
+    def _step(self, current: _Pass, count: int | None = None) -> None:
+        """Run the pass's next ``count`` batches (all when None), timing each one."""
+        from onnxguard._tokenize import pad_batch
+
+        assert self.runner is not None
+        run, task, size = self.runner, self.spec["task"], int(current.wl["batch"])
+        names = list(self.spec["input_names"])
+        stop = len(current.feeds) if count is None else min(len(current.feeds),
+                                                             current.next + count)
+        for number in range(current.next, stop):
+            group = current.order[number * size:(number + 1) * size]
+            feed = current.feeds[number]
             t0 = time.perf_counter()
             if feed is None:
-                feed = pad_batch([encodings[i] for i in group], names, self.pad_id)
+                feed = pad_batch([current.encodings[i] for i in group], names, self.pad_id)
             out = run(feed)
-            batch_ms.append((time.perf_counter() - t0) * 1e3)
-            shapes.append(list(feed["input_ids"].shape))
-            self._collect(rows, group, out, feed, task)
+            current.batch_ms.append((time.perf_counter() - t0) * 1e3)
+            current.shapes.append(list(feed["input_ids"].shape))
+            self._collect(current.rows, group, out, feed, task)
+        current.next = stop
+
+    def _pass(self, wl: dict[str, Any], subset: str, limit: int | None = None) -> dict[str, Any]:
+        """A whole pass in one call (warm-up, accuracy, profiling); outputs in input order."""
+        start = time.perf_counter()
+        current = self._begin(wl, subset)
+        self._step(current, limit)
         total_ms = (time.perf_counter() - start) * 1e3
-        done = [r for r in rows if r is not None]
-        outputs = (np.concatenate(done) if task == "token-classification" else np.stack(done)) \
-            if done else np.zeros((0,), dtype=np.float32)
-        return {"batch_ms": batch_ms, "shapes": shapes, "tokenize_ms": tokenize_ms,
-                "total_ms": total_ms, "sequences": sum(s[0] for s in shapes),
-                "outputs": outputs}
+        return current.timings() | {"total_ms": total_ms, "outputs": current.outputs(
+            self.spec["task"])}
 
     @staticmethod
     def _collect(rows: list[Any], group: list[int], out: np.ndarray, feed: Feed,
@@ -271,7 +313,8 @@ class _Worker:
 def serve(stdin: TextIO, proto: TextIO) -> None:
     worker = _Worker()
     commands: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-        "init": worker.init, "prepare": worker.prepare, "run": worker.run,
+        "init": worker.init, "prepare": worker.prepare, "begin": worker.begin,
+        "step": worker.step,
         "predict": worker.predict, "profile": worker.profile, "roofline": worker.roofline,
         "stats": worker.stats,
     }

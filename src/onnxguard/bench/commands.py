@@ -30,7 +30,7 @@ def bench_command(
     rounds: int = typer.Option(5, "--rounds", help="Measured rounds (interleaved)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up rounds."),
     sample: int = typer.Option(
-        128, "--sample", help="Texts per latency round, evenly spaced over the data "
+        96, "--sample", help="Texts per latency round, evenly spaced over the data "
         "(0: all). Accuracy always uses every text."),
     threads: int | None = typer.Option(
         None, "--threads", help="Intra-op threads for every engine (default: available cores)."),

@@ -43,8 +43,10 @@ from onnxguard.bench._workers import WorkerClient
 from onnxguard.bench.roofline import FP32, INT8, KernelRate, Roofline, merge
 from onnxguard.errors import UsageError
 
-SWITCH_PAUSE_S = 0.02
-"""Pause between engines, so the previous engine's spinning threads are asleep."""
+SWITCH_PAUSE_S = 0.005
+"""Pause between engines' turns, so the previous engine's spinning threads are asleep."""
+CHUNK_SEQUENCES = 8
+"""An engine's turn: this many sequences (one batch of 8, eight batches of 1)."""
 SEED_WORKLOAD = Workload(128, 8)
 
 
@@ -59,7 +61,7 @@ class BenchConfig:
     seqs: tuple[int | None, ...] = (128, None)
     rounds: int = 5
     warmup: int = 1
-    sample: int = 128
+    sample: int = 96
     threads: int = 2
     calibration: Path | None = None
     int8: tuple[str, ...] = DEFAULT_INT8
@@ -124,11 +126,21 @@ class RunResult:
     tokenize_ms: float
     achieved_gflops: float
     peak_fraction: float | None
+    speedup_rounds: tuple[float, ...] = ()
+    """Per round: this engine's throughput / PyTorch's in the same round (paired)."""
+
+    @property
+    def speedup(self) -> float | None:
+        """Median of the paired per-round ratios (robust to load that drifts across rounds)."""
+        return statistics.median(self.speedup_rounds) if self.speedup_rounds else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"engine": self.engine, "workload": self.workload.to_dict(),
                 "latency": self.latency.to_dict(),
                 "throughput_seq_per_s": round(self.throughput, 2),
+                "speedup_vs_pytorch": None if self.speedup is None else
+                round(self.speedup, 3),
+                "speedup_rounds": [round(x, 3) for x in self.speedup_rounds],
                 "throughput_rounds": [round(t, 2) for t in self.throughput_rounds],
                 "sequences_per_round": self.sequences_per_round,
                 "mean_padded_tokens_per_batch": round(self.tokens_per_batch, 1),
@@ -208,7 +220,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
         _check_lengths(workloads, model)
         modes = list(dict.fromkeys(w.seq for w in workloads)) if config.accuracy else []
         tracker.total = (2 + len(specs) + (config.warmup + config.rounds) * len(workloads)
-                         * len(specs) + len(modes) * len(specs)
+                         + len(modes) * len(specs)
                          + (sum(s.kind == "onnxruntime" for s in specs) if config.profile
                             else 0))
         with _workers(specs, config, work) as workers:
@@ -227,8 +239,8 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
                         "labelled": dataset.labelled, "latency_sample": len(sample),
                         "mean_tokens": _mean_tokens(model, dataset)}
     roofline = merge(config.threads, roofline_first, roofline_last)
-    runs = tuple(_run_result(spec, wl, samples[(spec.id, wl)], model, roofline)
-                 for wl in workloads for spec in specs)
+    runs = _with_speedups(tuple(_run_result(spec, wl, samples[(spec.id, wl)], model, roofline)
+                                for wl in workloads for spec in specs))
     machine["load_average_end"] = _loadavg()
     return BenchResult(
         config=config, model=model, dataset=dataset_info, machine=machine,
@@ -356,20 +368,35 @@ def _with_memory(engine: EngineResult, stats: dict[str, Any]) -> EngineResult:
 def _rounds(workers: dict[str, WorkerClient], specs: list[EngineSpec],
             workloads: tuple[Workload, ...], config: BenchConfig, tracker: _Tracker
             ) -> dict[tuple[str, Workload], list[dict[str, Any]]]:
-    """Round r: every workload, every engine in an order rotated by r (warm-up rounds dropped)."""
+    """Round r: every workload; engines take turns batch by batch (order rotated by r).
+
+    Turn-taking at batch granularity means a burst of load from another process hits every
+    engine alike, so ratios measured in one round stay fair even when absolute speed drifts.
+    """
     samples: dict[tuple[str, Workload], list[dict[str, Any]]] = {
         (s.id, w): [] for s in specs for w in workloads}
     total = config.warmup + config.rounds
     for r in range(total):
         label = f"warm-up {r + 1}" if r < config.warmup else f"round {r - config.warmup + 1}"
         for index, wl in enumerate(workloads):
+            tracker.step(f"{label}/{config.rounds} · {wl.id}")
             shift = (r + index) % len(specs)
-            for spec in specs[shift:] + specs[:shift]:
-                tracker.step(f"{label}/{config.rounds} · {wl.id} · {spec.label}")
-                reply = workers[spec.id].call({"cmd": "run", "workload": _wire(wl)})
-                if r >= config.warmup:
-                    samples[(spec.id, wl)].append(reply)
-                time.sleep(SWITCH_PAUSE_S)
+            order = specs[shift:] + specs[:shift]
+            batches = {s.id: int(workers[s.id].call({"cmd": "begin", "workload": _wire(wl)})
+                                 ["batches"]) for s in order}
+            chunk = max(1, CHUNK_SEQUENCES // wl.batch)
+            replies: dict[str, dict[str, Any]] = {}
+            for _ in range(0, max(batches.values()), chunk):
+                for spec in order:
+                    if spec.id in replies:
+                        continue
+                    reply = workers[spec.id].call({"cmd": "step", "count": chunk})
+                    if reply["done"]:
+                        replies[spec.id] = reply
+                    time.sleep(SWITCH_PAUSE_S)
+            if r >= config.warmup:
+                for spec in specs:
+                    samples[(spec.id, wl)].append(replies[spec.id])
     return samples
 
 
@@ -441,8 +468,7 @@ def _run_result(spec: EngineSpec, wl: Workload, replies: list[dict[str, Any]],
     batch_ms = [ms for reply in replies for ms in reply["batch_ms"]]
     per_round = []
     for reply in replies:
-        seconds = (float(reply["total_ms"]) if wl.seq is None
-                   else sum(reply["batch_ms"])) / 1e3
+        seconds = (float(reply["tokenize_ms"]) + sum(reply["batch_ms"])) / 1e3
         per_round.append(reply["sequences"] / seconds if seconds > 0 else 0.0)
     shapes = [s for reply in replies for s in reply["shapes"]]
     flops = sum(model.flops.flops(b, s) for b, s in shapes)
@@ -461,24 +487,41 @@ def _run_result(spec: EngineSpec, wl: Workload, replies: list[dict[str, Any]],
     )
 
 
+def paired_ratios(run: RunResult, base: RunResult) -> tuple[float, ...]:
+    """Per-round throughput ratios of two runs measured in the same rounds."""
+    return tuple(a / b for a, b in zip(run.throughput_rounds, base.throughput_rounds,
+                                       strict=False) if b > 0)
+
+
+def _with_speedups(runs: tuple[RunResult, ...]) -> tuple[RunResult, ...]:
+    from dataclasses import replace
+
+    base = {r.workload: r for r in runs if r.engine == PYTORCH}
+    return tuple(replace(r, speedup_rounds=paired_ratios(r, base[r.workload]))
+                 if r.workload in base else r for r in runs)
+
+
 def evaluate_targets(runs: tuple[RunResult, ...], qualities: list[Quality]) -> list[Target]:
-    """The issue's targets, from ratios measured in this one run (None: not measured)."""
-    def tp(engine: str, wl: Workload) -> float | None:
-        run = next((r for r in runs if r.engine == engine and r.workload == wl), None)
-        return run.throughput if run and run.throughput > 0 else None
+    """The issue's targets, as paired per-round ratios from this one run (None: not measured)."""
+    def find(engine: str | None, wl: Workload) -> RunResult | None:
+        return next((r for r in runs if r.engine == engine and r.workload == wl), None)
 
     int8 = next((r.engine for r in runs if r.engine == ORT_INT8_DYNAMIC),
                 next((r.engine for r in runs if r.engine.startswith("ort-int8")), None))
-    seed = tp(PYTORCH, SEED_WORKLOAD)
+    seed = find(PYTORCH, SEED_WORKLOAD)
     targets: list[Target] = []
 
     def ratio(name: str, engine: str | None, wl: Workload, threshold: float, what: str) -> None:
-        value = tp(engine, wl) if engine else None
-        if seed is None or value is None:
+        run = find(engine, wl)
+        ratios = paired_ratios(run, seed) if run and seed else ()
+        if not ratios or run is None or seed is None:
             targets.append(Target(name, None, threshold, "×", None, "not measured in this run"))
             return
-        targets.append(Target(name, value / seed, threshold, "×", value / seed >= threshold,
-                              f"{what}: {value:.1f} vs PyTorch {seed:.1f} sequences/s"))
+        value = statistics.median(ratios)
+        targets.append(Target(
+            name, value, threshold, "×", value >= threshold,
+            f"{what}: median of per-round ratios {', '.join(f'{x:.2f}' for x in ratios)} "
+            f"({run.throughput:.1f} vs PyTorch {seed.throughput:.1f} sequences/s, medians)"))
 
     ratio("ORT optimized fp32 vs PyTorch (batch 8 × 128)", ORT_OPT, SEED_WORKLOAD, 1.5,
           "ORT fp32 optimized")
@@ -495,9 +538,9 @@ def evaluate_targets(runs: tuple[RunResult, ...], qualities: list[Quality]) -> l
     name = "int8 accuracy within 0.5 points of PyTorch"
     if ref and mine and ref.accuracy is not None and mine.accuracy is not None:
         delta = (mine.accuracy - ref.accuracy) * 100
+        agreement = f", agreement {mine.agreement:.2%}" if mine.agreement is not None else ""
         targets.append(Target(name, delta, -0.5, "pt", delta >= -0.5,
-                              f"{mode}: {mine.accuracy:.2%} vs {ref.accuracy:.2%}, agreement "
-                              f"{mine.agreement:.2%}" if mine.agreement is not None else ""))
+                              f"{mode}: {mine.accuracy:.2%} vs {ref.accuracy:.2%}{agreement}"))
     else:
         targets.append(Target(name, None, -0.5, "pt", None, "needs labelled --data"))
     return targets
@@ -522,13 +565,19 @@ def machine_info(threads: int) -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     flags: set[str] = set()
+    ident: dict[str, str] = {}
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
         for line in fh:
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
+            key = key.strip()
+            if key == "model name":
                 cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
+            elif key == "flags" and not flags:
                 flags = set(value.split())
+            elif key in ("cpu family", "model", "cache size") and key not in ident:
+                ident[key] = value.strip()
+    if ident:
+        cpu += " (" + ", ".join(f"{k} {v}" for k, v in ident.items()) + ")"
     memory = 0
     with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", encoding="utf-8") as fh:
         for line in fh:

@@ -59,10 +59,10 @@ def workload_title(w: dict[str, Any]) -> str:
 
 
 def speedup(data: dict[str, Any], engine: str, workload: str) -> float | None:
-    mine, base = run_of(data, engine, workload), run_of(data, "pytorch", workload)
-    if not mine or not base or not base["throughput_seq_per_s"]:
-        return None
-    return float(mine["throughput_seq_per_s"]) / float(base["throughput_seq_per_s"])
+    """Paired: the median over rounds of this engine's / PyTorch's throughput in that round."""
+    mine = run_of(data, engine, workload)
+    value = mine.get("speedup_vs_pytorch") if mine else None
+    return None if value is None else float(value)
 
 
 def _get(d: dict[str, Any] | None, *keys: str) -> float | None:
@@ -71,6 +71,21 @@ def _get(d: dict[str, Any] | None, *keys: str) -> float | None:
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None
     return None if value is None else float(value)
+
+
+def paired(data: dict[str, Any], engine: str, workload: str, base_engine: str,
+           base_workload: str) -> float | None:
+    """Median over rounds of the per-round throughput ratio of two runs of the same rounds."""
+    mine, base = run_of(data, engine, workload), run_of(data, base_engine, base_workload)
+    if not mine or not base:
+        return None
+    ratios: list[float] = sorted(
+        float(a) / float(b) for a, b in zip(mine["throughput_rounds"],
+                                            base["throughput_rounds"], strict=False) if b)
+    if not ratios:
+        return None
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
 
 def _f(x: float | None, digits: int = 1, suffix: str = "") -> str:
@@ -101,7 +116,8 @@ def seed_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ["p50 latency (ms)", *(_f(_get(r, "latency", "p50_ms")) for r in runs)],
         ["p99 latency (ms)", *(_f(_get(r, "latency", "p99_ms")) for r in runs)],
         ["Throughput (sequences/s)", *(_f(_get(r, "throughput_seq_per_s")) for r in runs)],
-        ["Speed-up vs PyTorch", *(_f(speedup(data, e["id"], w["id"]), 2, "×") for e in engines)],
+        ["Speed-up vs PyTorch (paired per round)",
+         *(_f(speedup(data, e["id"], w["id"]), 2, "×") for e in engines)],
         ["Model size (MB)", *(_mb(e["file_bytes"]) for e in engines)],
         ["Peak RSS of the engine's process (MB)", *(_mb(e["peak_rss_bytes"]) for e in engines)],
         ["Session/model load (s)", *(_f(e["load_seconds"], 2) for e in engines)],
@@ -174,6 +190,42 @@ def target_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def target_notes(data: dict[str, Any]) -> list[str]:
+    """Why a ratio target was missed, from this run's roofline and profiler figures."""
+    notes: list[str] = []
+    w = next((w for w in data["workloads"] if w["seq"] == 128 and w["batch"] == 8), None)
+    base = run_of(data, "pytorch", w["id"]) if w else None
+    if w is None or base is None or not base["peak_fraction"]:
+        return notes
+    engines = {e["id"]: e for e in data["engines"]}
+    for t in data["targets"]:
+        if t["met"] is not False or t["unit"] != "×" or "real text" in t["name"]:
+            continue
+        engine = "ort-fp32-opt" if "fp32" in t["name"] else next(
+            (e for e in engines if e.startswith("ort-int8")), None)
+        run = run_of(data, engine, w["id"]) if engine else None
+        if run is None or run["peak_fraction"] is None:
+            continue
+        precision = engines[str(engine)]["precision"]
+        needed_gflops = base["achieved_gflops"] * t["threshold"]
+        peak = (data["roofline"]["int8_peak_gops"] if precision == "int8"
+                else data["roofline"]["fp32_peak_gflops"])
+        text = (f"{t['name']}: PyTorch already runs at {base['achieved_gflops']:.0f} GFLOP/s "
+                f"({base['peak_fraction'] * 100:.0f}% of this machine's fp32 matmul peak), so "
+                f"{t['threshold']}× needs {needed_gflops:.0f} GFLOP/s"
+                + (f" = {needed_gflops / peak * 100:.0f}% of the {precision} peak"
+                   if peak else "")
+                + f"; {engines[str(engine)]['label']} reaches {run['achieved_gflops']:.0f} "
+                f"({run['peak_fraction'] * 100:.0f}%).")
+        profile = data["profiles"].get(str(engine))
+        if profile:
+            top = ", ".join(f"{op} {share * 100:.0f}%" for op, share in
+                            list(profile["op_share"].items())[:5])
+            text += f" Kernel time by operator: {top}."
+        notes.append(text)
+    return notes
+
+
 def machine_line(data: dict[str, Any]) -> str:
     m = data["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -240,13 +292,17 @@ def render_markdown(data: dict[str, Any], heading: int = 2) -> str:
     out.append(f"Data: {ds['source']} ({ds['texts']} texts, mean {ds['mean_tokens']} tokens; "
                f"latency rounds on an evenly spaced sample of {ds['latency_sample']}; "
                f"accuracy on all of them). {cfg['warmup']} warm-up + {cfg['rounds']} "
-               f"interleaved rounds; throughput is the median over rounds. Whole run: "
+               f"rounds in which the engines take turns batch by batch; throughput is the "
+               f"median over rounds, speed-ups the median of per-round ratios. Whole run: "
                f"{data['seconds']:.0f} s.")
     if w is not None:
         out += ["", f"{h}# The seed's table on this machine: {workload_title(w)}", ""]
         out.append(_md_table(*seed_rows(data)))
         out += ["", SEED_TABLE]
     out += ["", f"{h}# Targets", "", _md_table(*target_rows(data))]
+    notes = target_notes(data)
+    if notes:
+        out += ["", *(f"- {n}" for n in notes)]
     out += ["", f"{h}# Every workload", "",
             "Latency is per batch (the model call; with dynamic padding also the padding). "
             "Real-text throughput also counts tokenization and the length sort.", "",
@@ -327,3 +383,72 @@ def print_report(data: dict[str, Any], console: Console | None = None) -> None:
                   f"{roof['int8_peak_gops']:.0f} GOP/s ({roof['threads']} threads)",
                   highlight=False)
     console.print(f"[dim]{machine_line(data)}[/]", highlight=False)
+
+
+# --- docs/BENCHMARKS.md ---------------------------------------------------------------------------
+def render_document(runs: list[dict[str, Any]], regenerate: str,
+                    intro: str = "") -> str:
+    """The whole benchmarks page: summary of every run, then each run's own section."""
+    first = runs[0] if runs else None
+    out = ["# Benchmarks", ""]
+    out.append(f"Generated by `{regenerate}`; do not edit by hand.")
+    if intro:
+        out += ["", intro.strip()]
+    if first is not None:
+        out += ["", f"Machine: {machine_line(first)}"]
+    out += ["", "## Summary", "", _md_table(*summary_rows(runs)), "", SEED_TABLE, ""]
+    out += ["## How it is measured", "", *METHOD, ""]
+    for data in runs:
+        out.append(render_markdown(data, heading=2))
+    return "\n".join(out)
+
+
+METHOD = (
+    "- One worker process per engine (a fresh interpreter): the PyTorch baseline is a freshly "
+    "loaded transformers model, never the module that was exported; peak RSS is the engine's "
+    "own; thread pools never share a core budget.",
+    "- Only one engine computes at a time, and engines take turns batch by batch (about 8 "
+    "sequences per turn, order rotated per round), so a burst of load from another process "
+    "hits every engine alike. After an untimed warm-up round, throughput is the median over "
+    "rounds; speed-ups are paired: the median over rounds of the ratio measured within each "
+    "round. Latency percentiles cover every measured batch.",
+    "- Fixed padding (the seed's setting): inputs are tokenized and padded beforehand and only "
+    "the model call is timed. Real text: each pass tokenizes, sorts by length, pads each batch "
+    "to its longest text and runs it; throughput counts all of that.",
+    "- Accuracy, F1 (positive class) and agreement with PyTorch use every labelled text, at the "
+    "largest batch size, in each input mode.",
+    "- The roofline is measured in the same run (before and after the engines, best of both): "
+    "ONNX Runtime MatMul and numpy SGEMM for fp32, MatMulInteger / DynamicQuantizeMatMul for "
+    "int8, at the model's weight shapes. An engine's share is graph FLOPs / model time / peak.",
+    "- The machine is shared with other jobs; the load average at start and end of each run is "
+    "printed with it. Ratios within one run are the figures to compare.",
+)
+
+
+def summary_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "engine", "batch 8 × 128: seq/s", "× PyTorch", "real text batch 8: seq/s",
+              "× seed pipeline", "accuracy", "agreement / cosine"]
+    rows = []
+    for data in runs:
+        padded = next((w for w in data["workloads"] if w["seq"] == 128 and w["batch"] == 8),
+                      None)
+        real = next((w for w in data["workloads"] if w["seq"] is None and w["batch"] == 8),
+                    None)
+        seed = run_of(data, "pytorch", padded["id"]) if padded else None
+        name = data["model"]["name"].rstrip("/").split("/")[-1]
+        if data["config"].get("layernorm") == "unfused":
+            name += " (--layernorm unfused)"
+        for e in data["engines"]:
+            p = run_of(data, e["id"], padded["id"]) if padded else None
+            r = run_of(data, e["id"], real["id"]) if real else None
+            q = quality_of(data, e["id"], "pad128") or quality_of(data, e["id"], "dynamic")
+            ratio = (paired(data, e["id"], real["id"], "pytorch", padded["id"])
+                     if real and padded and seed else None)
+            match = (_pct(q["agreement_with_pytorch"]) if q and
+                     q["agreement_with_pytorch"] is not None
+                     else _f(_get(q, "mean_cosine_with_pytorch"), 5))
+            rows.append([name, e["label"], _f(_get(p, "throughput_seq_per_s")),
+                         _f(speedup(data, e["id"], padded["id"]) if padded else None, 2, "×"),
+                         _f(_get(r, "throughput_seq_per_s")), _f(ratio, 1, "×"),
+                         _pct(_get(q, "accuracy")), match])
+    return header, rows
