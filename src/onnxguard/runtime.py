@@ -11,7 +11,7 @@ padded only to its own longest text (SST-2 averages ~25 tokens; fixed padding to
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,8 @@ class EngineConfig:
     providers: tuple[str, ...] | None = None
     intra_op_threads: int | None = None
     batch_size: int = 32
+    session_config: tuple[tuple[str, str], ...] = ()
+    """Extra ONNX Runtime session config entries, e.g. ("session.intra_op.allow_spinning", "0")."""
 
 
 class Engine:
@@ -103,6 +105,7 @@ class Engine:
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
         batch_size: int = 32,
+        session_config: Mapping[str, str] | None = None,
     ) -> Engine:
         """Verify (hashes; signature when ``public_key``; decrypt with ``key_source``) and load."""
         loaded = open_bundle(Path(path), public_key=public_key, key_source=key_source)
@@ -110,6 +113,7 @@ class Engine:
             providers=tuple(providers) if providers else None,
             intra_op_threads=intra_op_threads,
             batch_size=batch_size,
+            session_config=tuple((session_config or {}).items()),
         )
         return cls(loaded, config)
 
@@ -214,6 +218,8 @@ class Engine:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        for key, value in self.config.session_config:
+            options.add_session_config_entry(key, value)
         explicit = self.config.providers is not None
         candidates = [wanted] if explicit else [wanted[i:] for i in range(len(wanted))]
         last_error: Exception | None = None

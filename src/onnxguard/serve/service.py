@@ -8,13 +8,12 @@ bundle that fails verification stops the server (fail closed): it is never half-
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Encoding
@@ -45,7 +44,6 @@ EngineLoader = Callable[[], "Engine"]
 # cores with the event loop (HTTP, JSON, audit): measured on 2 cores with minilm-sst2, spinning
 # cost ~45% more CPU per text and ~40% of the throughput.  ``--ort-spinning`` turns it back on.
 _NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
-_PATCH_LOCK = threading.Lock()
 
 
 def default_loader(config: ServeConfig) -> EngineLoader:
@@ -54,52 +52,17 @@ def default_loader(config: ServeConfig) -> EngineLoader:
     def load() -> Engine:
         from onnxguard.runtime import Engine
 
-        with _session_config({} if config.ort_spinning else _NO_SPINNING):
-            return Engine.from_bundle(
-                config.bundle,
-                public_key=config.public_key,
-                key_source=config.key_source,
-                providers=config.providers,
-                intra_op_threads=config.threads,
-                batch_size=config.batching.max_batch,
-            )
+        return Engine.from_bundle(
+            config.bundle,
+            public_key=config.public_key,
+            key_source=config.key_source,
+            providers=config.providers,
+            intra_op_threads=config.threads,
+            batch_size=config.batching.max_batch,
+            session_config={} if config.ort_spinning else _NO_SPINNING,
+        )
 
     return load
-
-
-@contextlib.contextmanager
-def _session_config(entries: dict[str, str]) -> Iterator[None]:
-    """Add session config entries to the sessions ``Engine`` creates meanwhile.
-
-    ``Engine`` has no parameter for session config entries yet, so its module's ``ort`` is
-    swapped for a view of onnxruntime whose ``SessionOptions`` carry them, for the duration of
-    the load only (under a lock; nothing else in the server creates sessions).
-    """
-    if not entries:
-        yield
-        return
-    import onnxguard.runtime as runtime
-
-    namespace = vars(runtime)
-    real = namespace["ort"]
-
-    class _OrtView:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        @staticmethod
-        def SessionOptions() -> Any:
-            options = real.SessionOptions()
-            for key, value in entries.items():
-                options.add_session_config_entry(key, value)
-            return options
-
-    with _PATCH_LOCK:
-        namespace["ort"] = _OrtView()
-        try:
-            yield
-        finally:
-            namespace["ort"] = real
 
 
 @dataclass(frozen=True)
