@@ -166,6 +166,7 @@ def render_html(data: dict[str, Any]) -> str:
     body = [f"<h1>onnxguard bench: {escape(model['name'])}</h1>",
             f"<p>{escape(model['task'])} · measured {escape(data['machine']['date'])}</p>",
             f"<p class=note>{escape(report.machine_line(data))}</p>",
+            *([f"<p class=warn>{escape(w)}</p>"] if (w := report.busy_warning(data)) else []),
             f"<pre>{escape(cfg['command'] or '(library call)')}</pre>"]
     body += [f'<div class="chart">{c}</div>' for c in charts if c]
     body += [f"<h2>{escape(title)}</h2>{html}" for title, html in sections]
@@ -232,6 +233,7 @@ th:first-child, td:first-child, td:nth-child(2) {{ text-align: left; }}
 th {{ background: #f3f3f3; }}
 .chart {{ margin: 1.5em 0; }}
 .note {{ color: #555; font-size: 13px; }}
+.warn {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.4em 0.8em; }}
 pre {{ background: #f6f6f6; padding: 0.6em; overflow-x: auto; }}
 </style></head>
 <body>

@@ -226,6 +226,20 @@ def target_notes(data: dict[str, Any]) -> list[str]:
     return notes
 
 
+def busy_warning(data: dict[str, Any]) -> str | None:
+    """A warning when other processes kept the CPUs busy during the run (load average)."""
+    m = data["machine"]
+    cpus = max(1, int(m.get("available_cpus") or 1))
+    loads = [x for key in ("load_average_start", "load_average_end")
+             for x in (m.get(key) or [])[:1]]
+    if not loads or max(loads) <= 0.5 * cpus:
+        return None
+    return (f"The machine was busy during this run (1-minute load average up to "
+            f"{max(loads):.1f} on {cpus} CPUs): other processes took CPU time from every engine. "
+            "Absolute figures are lower than on an idle machine and multi-threaded engines "
+            "suffer unevenly, so speed-ups carry more noise; rerun when the machine is idle.")
+
+
 def machine_line(data: dict[str, Any]) -> str:
     m = data["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -288,6 +302,8 @@ def render_markdown(data: dict[str, Any], heading: int = 2) -> str:
     w = seed_workload(data)
     out = [f"{h} {model['name']} ({model['task']})", ""]
     out.append(f"Measured {data['machine']['date']} on {machine_line(data)}")
+    if warning := busy_warning(data):
+        out += ["", f"> **Note:** {warning}"]
     out += ["", "Command:", "", "```", cfg["command"] or "(library call)", "```", ""]
     out.append(f"Data: {ds['source']} ({ds['texts']} texts, mean {ds['mean_tokens']} tokens; "
                f"latency rounds on an evenly spaced sample of {ds['latency_sample']}; "
@@ -383,6 +399,8 @@ def print_report(data: dict[str, Any], console: Console | None = None) -> None:
                   f"{roof['int8_peak_gops']:.0f} GOP/s ({roof['threads']} threads)",
                   highlight=False)
     console.print(f"[dim]{machine_line(data)}[/]", highlight=False)
+    if warning := busy_warning(data):
+        console.print(f"[bold yellow]note:[/] {warning}", highlight=False)
 
 
 # --- docs/BENCHMARKS.md ---------------------------------------------------------------------------
