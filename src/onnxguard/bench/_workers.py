@@ -7,12 +7,18 @@ import os
 import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
 from onnxguard.errors import BenchmarkError
 
 CALL_TIMEOUT_S = 1800.0
+IDLE_WINDOW_S = 0.003
+IDLE_QUIET_WINDOWS = 4
+IDLE_BUSY_FRACTION = 0.1
+IDLE_TIMEOUT_S = 0.3
+IDLE_FALLBACK_S = 0.05
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -68,6 +74,37 @@ class WorkerClient:
                 traceback=str(reply.get("traceback", "")),
             )
         return reply
+
+    def cpu_ns(self) -> int | None:
+        """CPU time used so far by every thread of the worker (Linux schedstat), else None."""
+        total = 0
+        try:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return total
+
+    def wait_idle(self, timeout: float = IDLE_TIMEOUT_S) -> float:
+        """Wait until the worker's threads stop spinning, so they cannot steal a core from the
+        next engine: ONNX Runtime and OpenMP spin-wait for ~30 ms after a run.  schedstat of a
+        thread that keeps running is only updated when it is descheduled, so one quiet window
+        proves nothing; ``IDLE_QUIET_WINDOWS`` in a row do.  Returns the seconds waited; a fixed
+        pause where schedstat is unavailable (not Linux)."""
+        start = time.perf_counter()
+        last = self.cpu_ns()
+        if last is None:
+            time.sleep(IDLE_FALLBACK_S)
+            return IDLE_FALLBACK_S
+        quiet = 0
+        while quiet < IDLE_QUIET_WINDOWS and time.perf_counter() - start < timeout:
+            time.sleep(IDLE_WINDOW_S)
+            now = self.cpu_ns()
+            if now is None:
+                break
+            quiet = quiet + 1 if now - last < IDLE_WINDOW_S * 1e9 * IDLE_BUSY_FRACTION else 0
+            last = now
+        return time.perf_counter() - start
 
     def _died(self, request: dict[str, Any]) -> BenchmarkError:
         code = self.proc.wait(timeout=10)

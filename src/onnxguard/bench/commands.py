@@ -76,8 +76,7 @@ def bench_command(
         task=task, torch_attention=torch_attention, layernorm=layernorm, profile=profile,
         accuracy=not no_accuracy,
     )
-    outputs = {"--json": json_out, "--report": report_out, "--markdown": markdown_out}
-    config = replace(config, command=command_line(config, outputs))
+    config = replace(config, command=command_line(config))
     err = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
@@ -102,8 +101,9 @@ def bench_command(
             err.print(f"[green]✓[/] wrote {path}", highlight=False)
 
 
-def command_line(config: BenchConfig, outputs: dict[str, Path | None] | None = None) -> str:
-    """The command that reproduces this run, every measurement option spelled out."""
+def command_line(config: BenchConfig) -> str:
+    """The command that reproduces this run: every measurement option spelled out (where the
+    reports are written does not change a figure, so output options are left out)."""
     parts = ["onnxguard", "bench"]
     if config.target:
         parts.append(config.target)
@@ -121,7 +121,6 @@ def command_line(config: BenchConfig, outputs: dict[str, Path | None] | None = N
         options.append(("--torch-attention", config.torch_attention))
     if config.layernorm != "fused":
         options.append(("--layernorm", config.layernorm))
-    options += list((outputs or {}).items())
     for flag, value in options:
         if value is not None:
             parts += [flag, str(value)]

@@ -43,10 +43,8 @@ from onnxguard.bench._workers import WorkerClient
 from onnxguard.bench.roofline import FP32, INT8, KernelRate, Roofline, merge
 from onnxguard.errors import UsageError
 
-SWITCH_PAUSE_S = 0.005
-"""Pause between engines' turns, so the previous engine's spinning threads are asleep."""
-CHUNK_SEQUENCES = 8
-"""An engine's turn: this many sequences (one batch of 8, eight batches of 1)."""
+CHUNK_SEQUENCES = 16
+"""An engine's turn: this many sequences (two batches of 8, sixteen batches of 1)."""
 SEED_WORKLOAD = Workload(128, 8)
 
 
@@ -382,8 +380,11 @@ def _rounds(workers: dict[str, WorkerClient], specs: list[EngineSpec],
             tracker.step(f"{label}/{config.rounds} · {wl.id}")
             shift = (r + index) % len(specs)
             order = specs[shift:] + specs[:shift]
-            batches = {s.id: int(workers[s.id].call({"cmd": "begin", "workload": _wire(wl)})
-                                 ["batches"]) for s in order}
+            batches = {}
+            for spec in order:
+                batches[spec.id] = int(workers[spec.id].call(
+                    {"cmd": "begin", "workload": _wire(wl)})["batches"])
+                workers[spec.id].wait_idle()
             chunk = max(1, CHUNK_SEQUENCES // wl.batch)
             replies: dict[str, dict[str, Any]] = {}
             for _ in range(0, max(batches.values()), chunk):
@@ -393,7 +394,7 @@ def _rounds(workers: dict[str, WorkerClient], specs: list[EngineSpec],
                     reply = workers[spec.id].call({"cmd": "step", "count": chunk})
                     if reply["done"]:
                         replies[spec.id] = reply
-                    time.sleep(SWITCH_PAUSE_S)
+                    workers[spec.id].wait_idle()
             if r >= config.warmup:
                 for spec in specs:
                     samples[(spec.id, wl)].append(replies[spec.id])
@@ -414,6 +415,7 @@ def _accuracy(workers: dict[str, WorkerClient], specs: list[EngineSpec],
             out = work / f"out-{spec.id}-{wl.mode}.npy"
             reply = workers[spec.id].call({"cmd": "predict", "workload": _wire(wl, "full"),
                                            "subset": "full", "out": str(out)})
+            workers[spec.id].wait_idle()
             outputs = np.load(out, allow_pickle=False)
             if spec.id == PYTORCH:
                 reference = outputs

@@ -129,6 +129,7 @@ def test_roofline_targets_and_profiles(source_run: dict[str, Any]) -> None:
     assert machine["threads_used"] == 1 and machine["cpu"] and machine["date"]
     assert data["config"]["command"].startswith("onnxguard bench ")
     assert "--batch 1,4 --seq 16,dynamic --rounds 2" in data["config"]["command"]
+    assert "--json" not in data["config"]["command"]
 
 
 def test_markdown_html_and_terminal_reports(source_run: dict[str, Any]) -> None:
@@ -232,3 +233,31 @@ def test_missed_target_is_explained_with_roofline_figures(source_run: dict[str, 
     assert "## Summary" in document and "## How it is measured" in document
     assert document.count("### The seed's table on this machine") == 2
     assert "| 40.0 | 1.00× |" in document
+
+
+def test_busy_machine_is_flagged(source_run: dict[str, Any]) -> None:
+    data = copy.deepcopy(source_run["data"])
+    data["machine"].update(available_cpus=2, load_average_start=[0.4, 0.3, 0.2],
+                           load_average_end=[0.6, 0.4, 0.3])
+    assert report.busy_warning(data) is None
+    assert "**Note:**" not in report.render_markdown(data)
+    data["machine"]["load_average_end"] = [3.5, 2.0, 1.0]
+    warning = report.busy_warning(data)
+    assert warning is not None and "3.5 on 2 CPUs" in warning
+    assert f"> **Note:** {warning}" in report.render_markdown(data)
+
+
+def test_idle_wait_sees_a_quiet_worker(tmp_path: Path) -> None:
+    from onnxguard.bench._workers import IDLE_QUIET_WINDOWS, IDLE_WINDOW_S, WorkerClient
+
+    (tmp_path / "texts.json").write_text(json.dumps({"texts": ["a"], "sample": [0]}))
+    worker = WorkerClient("idle", 1, tmp_path)
+    try:
+        worker.call({"cmd": "init", "kind": "roofline", "texts_file": str(tmp_path / "texts.json")})
+        before = worker.cpu_ns()
+        waited = worker.wait_idle()
+        assert before is not None and before > 0
+        assert IDLE_QUIET_WINDOWS * IDLE_WINDOW_S <= waited < 0.3
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0
