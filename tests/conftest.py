@@ -17,7 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The real models and data live in ../shared beside the checkout (CI puts it there);
+# ONNXGUARD_SHARED points elsewhere.
+SHARED = Path(os.environ.get("ONNXGUARD_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 SST2_MODEL = SHARED / "models" / "minilm-sst2"
 SST2_DEV = SHARED / "data" / "sst2" / "dev.tsv"
 
