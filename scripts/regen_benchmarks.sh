@@ -54,6 +54,8 @@ here) on the 872 SST-2 dev sentences, and for the default embedding model
 (sentence-transformers/all-MiniLM-L6-v2, mean pooling + normalisation) on the same sentences.
 Each model section is one run: every ratio in it was measured in the same interleaved rounds.
 The last section measures a proposed fix (`--layernorm unfused`) that the build does not ship yet.
+Where a target is missed, the notes under that run's Targets give the roofline and profiler
+figures that explain why.
 """
 report.write_text(Path(out), report.render_document(runs, "scripts/regen_benchmarks.sh", intro))
 print(f"wrote {out}", file=sys.stderr)

@@ -163,7 +163,7 @@ def render_html(data: dict[str, Any]) -> str:
         sections.append(("Where the time goes (ONNX Runtime profiler)",
                          _table(*report.profile_rows(data))))
     model, cfg = data["model"], data["config"]
-    body = [f"<h1>onnxguard bench: {escape(model['name'])}</h1>",
+    body = [f"<h1>onnxguard bench: {escape(report.model_title(data))}</h1>",
             f"<p>{escape(model['task'])} · measured {escape(data['machine']['date'])}</p>",
             f"<p class=note>{escape(report.machine_line(data))}</p>",
             *([f"<p class=warn>{escape(w)}</p>"] if (w := report.busy_warning(data)) else []),

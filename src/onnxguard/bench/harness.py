@@ -473,9 +473,12 @@ def _run_result(spec: EngineSpec, wl: Workload, replies: list[dict[str, Any]],
         seconds = (float(reply["tokenize_ms"]) + sum(reply["batch_ms"])) / 1e3
         per_round.append(reply["sequences"] / seconds if seconds > 0 else 0.0)
     shapes = [s for reply in replies for s in reply["shapes"]]
-    flops = sum(model.flops.flops(b, s) for b, s in shapes)
-    model_seconds = sum(batch_ms) / 1e3
-    achieved = flops / model_seconds / 1e9 if model_seconds > 0 else 0.0
+    rates = []  # per round: graph FLOPs over model time (the median, like throughput)
+    for reply in replies:
+        seconds = sum(reply["batch_ms"]) / 1e3
+        if seconds > 0:
+            rates.append(sum(model.flops.flops(b, s) for b, s in reply["shapes"]) / seconds / 1e9)
+    achieved = statistics.median(rates) if rates else 0.0
     peak = roofline.peak(INT8 if spec.precision == "int8" else FP32)
     return RunResult(
         engine=spec.id, workload=wl, latency=LatencySummary.of(batch_ms),

@@ -240,14 +240,28 @@ def busy_warning(data: dict[str, Any]) -> str | None:
             "suffer unevenly, so speed-ups carry more noise; rerun when the machine is idle.")
 
 
-def machine_line(data: dict[str, Any]) -> str:
+def machine_line(data: dict[str, Any], load: bool = True) -> str:
     m = data["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    return (f"{m['cpu']} ({m['available_cpus']} CPUs available, {m['threads_used']} threads "
+    text = (f"{m['cpu']} ({m['available_cpus']} CPUs available, {m['threads_used']} threads "
             f"used; SIMD: {', '.join(m['simd']) or 'none detected'}), "
             f"{m['memory_bytes'] / 1024 ** 3:.0f} GiB RAM, {m['os']}, Python {m['python']}; "
-            f"{versions}. Load average at start {m['load_average_start']}, at end "
-            f"{m.get('load_average_end', [])} (other processes share this machine).")
+            f"{versions}.")
+    if load:
+        text += (f" Load average at start {m['load_average_start']}, at end "
+                 f"{m.get('load_average_end', [])}.")
+    return text
+
+
+def model_title(data: dict[str, Any]) -> str:
+    """The model's name (a local directory by its last part), task and non-default variant."""
+    name = str(data["model"]["name"])
+    if name.startswith("/"):
+        name = name.rstrip("/").split("/")[-1]
+    title = f"{name} ({data['model']['task']})"
+    if data["config"].get("layernorm") == "unfused":
+        title += ", --layernorm unfused"
+    return title
 
 
 # --- JSON ----------------------------------------------------------------------------------------
@@ -300,7 +314,7 @@ def render_markdown(data: dict[str, Any], heading: int = 2) -> str:
     h = "#" * heading
     model, cfg, ds = data["model"], data["config"], data["dataset"]
     w = seed_workload(data)
-    out = [f"{h} {model['name']} ({model['task']})", ""]
+    out = [f"{h} {model_title(data)}", ""]
     out.append(f"Measured {data['machine']['date']} on {machine_line(data)}")
     if warning := busy_warning(data):
         out += ["", f"> **Note:** {warning}"]
@@ -355,8 +369,9 @@ def roofline_text(data: dict[str, Any]) -> str:
         unit = "GOP/s" if precision == "int8" else "GFLOP/s"
         parts.append(f"{precision} peak: {k['gflops']:.0f} {unit} ({k['kernel']}, "
                      f"{k['m']}×{k['k']}×{k['n']}, {roof['threads']} threads).")
-    parts.append("Each engine's share of the roofline is its graph FLOPs over its model time, "
-                 "divided by the peak of its precision (int8 engines against the int8 peak).")
+    parts.append("Each engine's share of the roofline is its graph FLOPs over its model time "
+                 "(median over rounds), divided by the peak of its precision (int8 engines "
+                 "against the int8 peak).")
     header = ["kernel", "precision", "M×K×N", "best GFLOP/s"]
     rows = [[k["kernel"], k["precision"], f"{k['m']}×{k['k']}×{k['n']}", _f(k["gflops"])]
             for k in roof["kernels"]]
@@ -413,8 +428,10 @@ def render_document(runs: list[dict[str, Any]], regenerate: str,
     if intro:
         out += ["", intro.strip()]
     if first is not None:
-        out += ["", f"Machine: {machine_line(first)}"]
+        out += ["", f"Machine: {machine_line(first, load=False)}"]
     out += ["", "## Summary", "", _md_table(*summary_rows(runs)), "", SEED_TABLE, ""]
+    out += ["### Targets (ratios measured within each run)", "",
+            _md_table(*targets_summary_rows(runs)), ""]
     out += ["## How it is measured", "", *METHOD, ""]
     for data in runs:
         out.append(render_markdown(data, heading=2))
@@ -425,11 +442,13 @@ METHOD = (
     "- One worker process per engine (a fresh interpreter): the PyTorch baseline is a freshly "
     "loaded transformers model, never the module that was exported; peak RSS is the engine's "
     "own; thread pools never share a core budget.",
-    "- Only one engine computes at a time, and engines take turns batch by batch (about 8 "
-    "sequences per turn, order rotated per round), so a burst of load from another process "
-    "hits every engine alike. After an untimed warm-up round, throughput is the median over "
-    "rounds; speed-ups are paired: the median over rounds of the ratio measured within each "
-    "round. Latency percentiles cover every measured batch.",
+    "- Only one engine computes at a time, and engines take turns (16 sequences per turn, order "
+    "rotated per round), so a burst of load from another process hits every engine alike. "
+    "Before each turn the harness waits until the previous engine's threads have stopped "
+    "spin-waiting (ONNX Runtime and OpenMP spin for ~30-40 ms after a run and would steal a "
+    "core). After an untimed warm-up round, throughput is the median over rounds; speed-ups "
+    "are paired: the median over rounds of the ratio measured within each round. Latency "
+    "percentiles cover every measured batch, so a noisy round shows in p95/p99.",
     "- Fixed padding (the seed's setting): inputs are tokenized and padded beforehand and only "
     "the model call is timed. Real text: each pass tokenizes, sorts by length, pads each batch "
     "to its longest text and runs it; throughput counts all of that.",
@@ -443,6 +462,15 @@ METHOD = (
 )
 
 
+def targets_summary_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "target", "measured", "needed", "met"]
+    rows = []
+    for data in runs:
+        _, rows_of_run = target_rows(data)
+        rows += [[model_title(data), *row[:4]] for row in rows_of_run]
+    return header, rows
+
+
 def summary_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "engine", "batch 8 × 128: seq/s", "× PyTorch", "real text batch 8: seq/s",
               "× seed pipeline", "accuracy", "agreement / cosine"]
@@ -453,9 +481,7 @@ def summary_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
         real = next((w for w in data["workloads"] if w["seq"] is None and w["batch"] == 8),
                     None)
         seed = run_of(data, "pytorch", padded["id"]) if padded else None
-        name = data["model"]["name"].rstrip("/").split("/")[-1]
-        if data["config"].get("layernorm") == "unfused":
-            name += " (--layernorm unfused)"
+        name = model_title(data)
         for e in data["engines"]:
             p = run_of(data, e["id"], padded["id"]) if padded else None
             r = run_of(data, e["id"], real["id"]) if real else None
