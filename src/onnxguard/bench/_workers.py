@@ -30,9 +30,12 @@ def worker_env(threads: int) -> dict[str, str]:
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    package_root = Path(__file__).resolve().parents[2]
+    if package_root.name not in ("site-packages", "dist-packages"):
+        # A source checkout run without installing: let the worker import this same package.
+        # (Never for an install: PYTHONPATH entries come before the standard library.)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
     return env
 
 
