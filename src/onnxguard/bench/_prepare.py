@@ -274,9 +274,7 @@ def _quantize(
             static_seen += 1
         else:
             dynamic_seen += 1
-        label = "ORT int8 static" if static else "ORT int8 dynamic"
-        if count:
-            label += f" ({name})"
+        label = f"ORT int8 ({name})"
         engines.append(_ort_engine(engine_id, label, "int8", out,
                                    f"{name}: {candidate.description}"))
     return engines

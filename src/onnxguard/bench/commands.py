@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 
 from onnxguard.bench.harness import BenchConfig
+from onnxguard.build.quantize import DYNAMIC_CANDIDATES, STATIC_CANDIDATES
+
+_CANDIDATES = tuple(c.name for c in (*DYNAMIC_CANDIDATES, *STATIC_CANDIDATES))
 
 
 def bench_command(
@@ -38,8 +41,8 @@ def bench_command(
         None, "--calibration", help="Text file (one input per line): adds static int8 (QDQ)."),
     int8: str = typer.Option(
         "dynamic-int8-qattention", "--int8", help="int8 candidates to build from a SOURCE, "
-        "comma-separated (dynamic-int8-qattention, dynamic-int8-matmul, dynamic-int8-ffn-fp32, "
-        "static-int8-qdq)."),
+        f"comma-separated: {', '.join(_CANDIDATES)} (the default is the fastest; a bundle "
+        "brings the one its build chose)."),
     engines: str | None = typer.Option(
         None, "--engines", help="Only these engines, comma-separated (pytorch, ort-fp32, "
         "ort-fp32-opt, ort-int8-dynamic, ort-int8-static)."),

@@ -136,7 +136,7 @@ def test_markdown_html_and_terminal_reports(source_run: dict[str, Any]) -> None:
     out = source_run["dir"]
     markdown = (out / "r.md").read_text()
     assert "The seed's table on this machine: batch 4 × 16 tokens" in markdown
-    for label in ("PyTorch fp32", "ORT fp32 optimized", "ORT int8 dynamic"):
+    for label in ("PyTorch fp32", "ORT fp32 optimized", "ORT int8 (dynamic-int8-qattention)"):
         assert label in markdown
     assert "| Throughput (sequences/s) |" in markdown
     html = (out / "r.html").read_text()
