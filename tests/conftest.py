@@ -51,9 +51,9 @@ def tiny_bundle_factory(
     Built once per session with the real pipeline; tests must not modify the returned bundle
     (copy it with shutil.copytree first).
     """
-    from onnxguard.build.pipeline import BuildConfig, build_bundle
-    from onnxguard.build.quantize import QuantizeMode
-    from onnxguard.build.validate import Tolerance
+    from onnxguard.convert.pipeline import BuildConfig, build_bundle
+    from onnxguard.convert.quantize import QuantizeMode
+    from onnxguard.convert.validate import Tolerance
 
     cache: dict[tuple[str, str, str], Path] = {}
 

@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
 
         return Engine
     if name == "build_bundle":
-        from onnxguard.build.pipeline import build_bundle
+        from onnxguard.convert.pipeline import build_bundle
 
         return build_bundle
     raise AttributeError(name)

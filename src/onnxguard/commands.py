@@ -101,9 +101,9 @@ def build_command(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ) -> None:
     """Build a verified, optimized (and int8 where accurate enough) ONNX bundle."""
-    from onnxguard.build.pipeline import BuildConfig, StageEvent, build_bundle
-    from onnxguard.build.quantize import QuantizeMode
-    from onnxguard.build.validate import Tolerance
+    from onnxguard.convert.pipeline import BuildConfig, StageEvent, build_bundle
+    from onnxguard.convert.quantize import QuantizeMode
+    from onnxguard.convert.validate import Tolerance
     from onnxguard.errors import UsageError
 
     try:

@@ -71,7 +71,7 @@ def _pytorch(model_dir: Path, texts: list[str], *, classify: bool) -> np.ndarray
 
 
 def test_sst2_bundle_accuracy_matches_pytorch(tmp_path: Path) -> None:
-    from onnxguard.build.pipeline import BuildConfig, build_bundle
+    from onnxguard.convert.pipeline import BuildConfig, build_bundle
 
     bundle = tmp_path / "sst2"
     result = build_bundle(BuildConfig(out=bundle, source=str(SST2_MODEL)))
@@ -88,7 +88,7 @@ def test_sst2_bundle_accuracy_matches_pytorch(tmp_path: Path) -> None:
 
 
 def test_default_bundle_embeddings_match_pytorch(tmp_path: Path) -> None:
-    from onnxguard.build.pipeline import BuildConfig, build_bundle
+    from onnxguard.convert.pipeline import BuildConfig, build_bundle
     from onnxguard.source import resolve_source
 
     bundle = tmp_path / "default"

@@ -154,9 +154,9 @@ def _prepare_source(
 ) -> PreparedModel:
     import time
 
-    from onnxguard.build.export import export_onnx, load_torch_model
-    from onnxguard.build.optimize import optimize
-    from onnxguard.build.pipeline import _max_length, _tokenizer_json
+    from onnxguard.convert.export import export_onnx, load_torch_model
+    from onnxguard.convert.optimize import optimize
+    from onnxguard.convert.pipeline import _max_length, _tokenizer_json
     from onnxguard.source import resolve_source
     from onnxguard.tasks import architecture_for, detect_pooling, detect_task, parse_task
 
@@ -221,7 +221,7 @@ def _quantize(
 ) -> list[EngineSpec]:
     import time
 
-    from onnxguard.build.quantize import (
+    from onnxguard.convert.quantize import (
         DYNAMIC_CANDIDATES,
         STATIC_CANDIDATES,
         QuantizeMode,
@@ -252,7 +252,7 @@ def _quantize(
             with _quiet_root_logger():
                 if static:
                     from onnxguard._tokenize import load_tokenizer
-                    from onnxguard.build.pipeline import _calibration_feeds
+                    from onnxguard.convert.pipeline import _calibration_feeds
 
                     tokenizer = load_tokenizer(tokenizer_json, max_length)
                     _quantize_static(fp32, out, candidate,
@@ -393,6 +393,6 @@ def graph_ops(path: Path) -> dict[str, int]:
 
 
 def _labels(cfg: dict[str, Any]) -> tuple[str, ...]:
-    from onnxguard.build.pipeline import _labels as labels_of
+    from onnxguard.convert.pipeline import _labels as labels_of
 
     return labels_of(cfg)

@@ -20,7 +20,7 @@ def load_baseline(spec: dict[str, Any]) -> tuple[Any, str]:
     import transformers
     from transformers.utils import logging as hf_logging
 
-    from onnxguard.build.export import _TaskWrapper, _translate_load_error
+    from onnxguard.convert.export import _TaskWrapper, _translate_load_error
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from onnxguard.bench.harness import BenchConfig
-from onnxguard.build.quantize import DYNAMIC_CANDIDATES, STATIC_CANDIDATES
+from onnxguard.convert.quantize import DYNAMIC_CANDIDATES, STATIC_CANDIDATES
 
 _CANDIDATES = tuple(c.name for c in (*DYNAMIC_CANDIDATES, *STATIC_CANDIDATES))
 

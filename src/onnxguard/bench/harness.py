@@ -278,7 +278,7 @@ def _check(config: BenchConfig) -> None:
 def _calibration(config: BenchConfig) -> list[str]:
     if config.calibration is None:
         return []
-    from onnxguard.build.validate import read_text_lines
+    from onnxguard.convert.validate import read_text_lines
 
     return read_text_lines(config.calibration, "calibration")
 
@@ -286,7 +286,7 @@ def _calibration(config: BenchConfig) -> list[str]:
 def _dataset(config: BenchConfig, model: PreparedModel) -> Dataset:
     if config.data is not None:
         return read_dataset(config.data, model.labels)
-    from onnxguard.build.validate import builtin_sentences
+    from onnxguard.convert.validate import builtin_sentences
 
     return Dataset(tuple(builtin_sentences()), None, "built-in validation sentences")
 

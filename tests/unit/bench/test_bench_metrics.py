@@ -60,8 +60,8 @@ def test_flop_count_matches_the_bert_formula(
     tiny_model_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Tiny BERT: hidden 32, intermediate 37, 2 layers, pooler 32x32, classifier 32x2."""
-    from onnxguard.build.export import export_onnx, load_torch_model
-    from onnxguard.build.optimize import optimize
+    from onnxguard.convert.export import export_onnx, load_torch_model
+    from onnxguard.convert.optimize import optimize
     from onnxguard.source import read_config
     from onnxguard.tasks import Task, architecture_for
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from onnxguard import __version__
-from onnxguard.build.export import OPSET, export_onnx, load_torch_model
-from onnxguard.build.optimize import optimize
-from onnxguard.build.quantize import QuantizeMode, measure_speedup, quantize_candidates
-from onnxguard.build.validate import (
+from onnxguard.convert.export import OPSET, export_onnx, load_torch_model
+from onnxguard.convert.optimize import optimize
+from onnxguard.convert.quantize import QuantizeMode, measure_speedup, quantize_candidates
+from onnxguard.convert.validate import (
     Reference,
     Tolerance,
     ValidationResult,
@@ -266,7 +266,7 @@ def _reference(
     allow_pickle: bool,
 ) -> Reference:
     """PyTorch outputs from a freshly loaded model (an exported module can drift)."""
-    from onnxguard.build.export import _TaskWrapper
+    from onnxguard.convert.export import _TaskWrapper
 
     fresh = load_torch_model(source.path, task, allow_pickle=allow_pickle)
     wrapper = _TaskWrapper(fresh, task, pooling, input_names).eval()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from onnxguard.build import pipeline
-from onnxguard.build.pipeline import BuildConfig, build_bundle
-from onnxguard.build.quantize import QuantizeMode
-from onnxguard.build.validate import Tolerance
+from onnxguard.convert import pipeline
+from onnxguard.convert.pipeline import BuildConfig, build_bundle
+from onnxguard.convert.quantize import QuantizeMode
+from onnxguard.convert.validate import Tolerance
 from onnxguard.errors import (
     CorruptWeightsError,
     DiskFullError,
@@ -101,7 +101,7 @@ def test_corrupt_weights(tiny_model_factory: Callable[..., Path], tmp_path: Path
 def test_corrupt_weights_caught_by_loader_too(tiny_model_factory: Callable[..., Path],
                                               tmp_path: Path) -> None:
     """Defence in depth: the loader's own header check, independent of the scanner."""
-    from onnxguard.build.export import check_safetensors
+    from onnxguard.convert.export import check_safetensors
 
     model = _copy_model(tiny_model_factory, tmp_path)
     weights = model / "model.safetensors"
