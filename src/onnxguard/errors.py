@@ -237,3 +237,12 @@ class BenchmarkError(OnnxGuardError):
 
 class ScanTargetError(UsageError):
     """The path given to the scanner does not exist or is neither a file nor a directory."""
+
+
+# --- bulk inference ------------------------------------------------------------------------------
+class BulkInputError(UsageError):
+    """The bulk input file cannot be read as a table with a text column."""
+
+
+class BulkResumeError(UsageError):
+    """The output's parts folder belongs to a different run (other input, bundle or settings)."""

@@ -17,6 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from onnxguard import __version__
+from onnxguard.bundle import (
+    FP32_MODEL_NAME,
+    MODEL_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    file_entries,
+    prepare_output,
+    publish,
+    staging_dir,
+    write_manifest,
+)
 from onnxguard.convert.export import OPSET, export_onnx, load_torch_model
 from onnxguard.convert.optimize import optimize
 from onnxguard.convert.quantize import QuantizeMode, measure_speedup, quantize_candidates
@@ -30,17 +41,6 @@ from onnxguard.convert.validate import (
     make_cases,
     read_text_lines,
     run_onnx,
-)
-from onnxguard.bundle import (
-    FP32_MODEL_NAME,
-    MODEL_NAME,
-    TOKENIZER_NAME,
-    Manifest,
-    file_entries,
-    prepare_output,
-    publish,
-    staging_dir,
-    write_manifest,
 )
 from onnxguard.errors import MissingTokenizerError, UsageError, ValidationFailedError
 from onnxguard.source import ResolvedSource, resolve_source
