@@ -222,6 +222,52 @@ class ServeError(OnnxGuardError):
     exit_code = 9
 
 
+class AuditLogError(ServeError):
+    """The audit log cannot be opened or written; the server refuses to serve unaudited."""
+
+
+class AuditChainError(IntegrityError):
+    """The audit log's hash chain does not verify: a record was edited, deleted or reordered."""
+
+
+class RequestError(OnnxGuardError):
+    """One request failed at serving time (an HTTP 4xx/5xx for that request, not a server
+    failure); ``status`` is the HTTP status it is answered with."""
+
+    exit_code = 9
+    status = 500
+
+
+class OverloadedError(RequestError):
+    """The batching queue is full: the request is refused at once (HTTP 503)."""
+
+    status = 503
+
+
+class RequestTimeoutError(RequestError):
+    """The request did not get its result within the per-request timeout (HTTP 504)."""
+
+    status = 504
+
+
+class StoppedError(RequestError):
+    """The batcher is shutting down and takes no new work (HTTP 503)."""
+
+    status = 503
+
+
+class InferenceFailedError(RequestError):
+    """ONNX Runtime raised while running a batch (HTTP 500; a bug or a broken model)."""
+
+    status = 500
+
+
+class TokenLimitError(RequestError):
+    """A request's texts tokenize to more tokens than allowed (HTTP 413)."""
+
+    status = 413
+
+
 class BuildInterruptedError(OnnxGuardError):
     """The user interrupted a build; temporary files were removed."""
 

@@ -1,13 +1,18 @@
 """The guard: one pure-ASGI middleware every HTTP request passes through, in this order.
 
-1. route class (health: public; ``/metrics``: ``metrics`` scope; everything else: ``infer``)
-2. API key (401) and scope (403), compared in constant time (``auth.KeyStore``)
+1. route class (health: public, never reads a body; ``/metrics``: ``metrics`` scope; everything
+   else: ``infer``); framing: Content-Length with Transfer-Encoding is a 400 and the connection
+   is closed (RFC 9112), Content-Length must be ASCII digits
+2. API key (401) and scope (403), compared in constant time (``auth.KeyStore``), before any body
+   byte is read; failed authentications are limited per client address (429) and audited in
+   bounded form (``_authfail.py``)
 3. per-key rate limit (429 + Retry-After)
-4. body: declared and received size (413), slow senders (408), gzip/deflate decoded with the
-   same size bound on the output (413: a compression bomb stops at the limit, not in memory)
+4. body: declared and received size (413), slow senders (408), gzip/deflate decoded in a worker
+   thread with a bound on output bytes and members (``_codec.py``)
 5. the app; an unexpected exception becomes a 500 with no detail (logged with its type)
 6. before the response starts: the audit record is written and fsynced (a failed write turns the
-   response into a 503: nothing is served unaudited), metrics are counted, security headers added
+   response into a 503: nothing is served unaudited), metrics are counted, security headers
+   added, and ``Connection: close`` while the server drains
 
 Request text and keys never reach a log: the access log has the request id, key id, endpoint,
 status and latency; the audit log has a hash of the inputs.
@@ -21,13 +26,22 @@ import logging
 import re
 import secrets
 import time
-import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from onnxguard.serve._http import CONTEXT_KEY, ApiError, RequestContext, error_body, outcome_for
-from onnxguard.serve.audit import AuditLog, AuditLogError
+from onnxguard.errors import AuditLogError
+from onnxguard.serve._authfail import AuthFailures
+from onnxguard.serve._codec import decode_body
+from onnxguard.serve._http import (
+    CONTEXT_KEY,
+    ApiError,
+    RequestContext,
+    ServeState,
+    error_body,
+    outcome_for,
+)
+from onnxguard.serve.audit import AuditLog
 from onnxguard.serve.auth import SCOPE_INFER, SCOPE_METRICS, SCOPES, KeyStore, Principal
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.ratelimit import RateLimiter
@@ -46,6 +60,8 @@ HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
 _V2_MODEL = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?(/ready|/config|/infer)?")
 _ANONYMOUS = Principal("anonymous", SCOPES)
+_DIGITS = re.compile(r"[0-9]{1,15}")
+_CLOSE = (b"connection", b"close")
 _SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
@@ -96,6 +112,8 @@ class Guard:
         audit: AuditLog | None,
         metrics: ServeMetrics,
         model_info: Callable[[], tuple[str | None, str | None]],
+        state: ServeState,
+        auth_failures: AuthFailures,
     ) -> None:
         self.app = app
         self.config = config
@@ -104,10 +122,13 @@ class Guard:
         self.audit = audit
         self.metrics = metrics
         self.model_info = model_info
+        self.state = state
+        self.auth_failures = auth_failures
         # Request ids: a random per-process prefix and a counter (unique, and no syscall per
         # request as uuid4 would make).
         self._id_prefix = secrets.token_hex(6)
         self._counter = itertools.count(1)
+        self._next_sweep = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,6 +144,9 @@ class Guard:
         )
         scope[CONTEXT_KEY] = ctx
         responder = _Responder(self, send, ctx, route)
+        if ctx.started >= self._next_sweep:  # failure windows that ended get their digest
+            self._next_sweep = ctx.started + 5.0
+            await self.write_summaries(self.auth_failures.due())
         self.metrics.in_flight.inc()
         try:
             try:
@@ -132,7 +156,8 @@ class Guard:
                 await responder.error(err)
                 return
             except _ClientGone:
-                responder.status = 499
+                ctx.outcome = "client_disconnected"
+                await responder.record(499)
                 return
             try:
                 await self.app(scope, receive, responder.send)
@@ -154,22 +179,20 @@ class Guard:
         self, scope: Scope, receive: Receive, route: RouteClass, ctx: RequestContext
     ) -> Receive:
         headers = _headers(scope)
-        if route.scope is not None:
-            principal = self._authenticate(headers.get("authorization"), route.scope)
-            ctx.key_id = principal.key_id if self.keys is not None else None
-            if self.limiter is not None:
-                bucket = principal.key_id if self.keys is not None else f"client:{ctx.client}"
-                decision = self.limiter.acquire(bucket)
-                if not decision.allowed:
-                    raise ApiError(
-                        429,
-                        f"rate limit exceeded ({self.limiter.limit} per key)",
-                        headers={"Retry-After": str(decision.retry_after_s)},
-                    )
-        method = ctx.method
         declared = headers.get("content-length")
+        if declared is not None and "transfer-encoding" in headers:
+            raise ApiError(
+                400,
+                "Content-Length and Transfer-Encoding together are not allowed",
+                headers={"Connection": "close"},
+            )
+        if declared is not None and not _DIGITS.fullmatch(declared.strip()):
+            raise ApiError(400, "invalid Content-Length", headers={"Connection": "close"})
+        if route.scope is None:
+            return receive  # public routes never read (or decode) a body
+        await self._authorize(headers, route.scope, ctx)
         has_body = (
-            method in ("POST", "PUT", "PATCH")
+            ctx.method in ("POST", "PUT", "PATCH")
             or (declared not in (None, "0"))
             or "transfer-encoding" in headers
         )
@@ -178,7 +201,9 @@ class Guard:
         body = await self._read_body(receive, declared)
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding and encoding != "identity":
-            body = _decode(body, encoding, self.config.limits.max_body_bytes)
+            body = await asyncio.to_thread(
+                decode_body, body, encoding, self.config.limits.max_body_bytes
+            )
         scope["headers"] = [
             (k, v)
             for k, v in scope.get("headers", [])
@@ -196,29 +221,68 @@ class Guard:
 
         return replay
 
-    def _authenticate(self, authorization: str | None, needed: str) -> Principal:
+    async def _authorize(self, headers: dict[str, str], needed: str, ctx: RequestContext) -> None:
+        """Key, scope and per-key rate; a failed key costs the address part of its budget."""
         if self.keys is None:
-            return _ANONYMOUS
-        principal = self.keys.authenticate(authorization)
-        if principal is None:
-            raise ApiError(
+            principal = _ANONYMOUS
+        else:
+            found = self.keys.authenticate(headers.get("authorization"))
+            if found is None:
+                await self._auth_failed(ctx)
+            assert found is not None
+            principal = found
+            ctx.key_id = principal.key_id
+        if needed not in principal.scopes:
+            raise ApiError(403, f"this API key lacks the '{needed}' scope")
+        ctx.tenant = principal.key_id if self.keys is not None else f"client:{ctx.client}"
+        if self.limiter is not None:
+            decision = self.limiter.acquire(ctx.tenant)
+            if not decision.allowed:
+                raise ApiError(
+                    429,
+                    f"rate limit exceeded ({self.limiter.limit} per key)",
+                    headers={"Retry-After": str(decision.retry_after_s)},
+                )
+
+    async def _auth_failed(self, ctx: RequestContext) -> None:
+        client = ctx.client or "-"
+        decision = self.auth_failures.charge(client)
+        if decision.allowed:
+            err = ApiError(
                 401,
                 "missing or invalid API key (send Authorization: Bearer KEY)",
                 headers={"WWW-Authenticate": 'Bearer realm="onnxguard"'},
             )
-        if needed not in principal.scopes:
-            raise ApiError(403, f"this API key lacks the '{needed}' scope")
-        return principal
+        else:
+            err = ApiError(
+                429,
+                "too many failed authentications from this address",
+                headers={"Retry-After": str(decision.retry_after_s)},
+                outcome="auth_rate_limited",
+            )
+        full, summaries = self.auth_failures.note(client, err.status)
+        ctx.audit_in_full = full
+        await self.write_summaries(summaries)
+        raise err
+
+    async def write_summaries(self, summaries: list[dict[str, Any]]) -> None:
+        """Write ``auth_failures`` digest records (a failed write fails the log, as any)."""
+        if self.audit is None:
+            return
+        for summary in summaries:
+            try:
+                await self.audit.append(summary, kind="auth_failures")
+                self.metrics.audit_records.inc()
+            except AuditLogError as exc:
+                log.error("auth failure digest not written: %s", exc.message)
+                return
 
     async def _read_body(self, receive: Receive, declared: str | None) -> bytes:
         limit = self.config.limits.max_body_bytes
-        if declared is not None:
-            if not declared.isdigit():
-                raise ApiError(400, "invalid Content-Length")
-            if int(declared) > limit:
-                raise ApiError(
-                    413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes"
-                )
+        if declared is not None and int(declared) > limit:
+            raise ApiError(
+                413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes"
+            )
         chunks: list[bytes] = []
         size = 0
         try:
@@ -268,7 +332,7 @@ class _Responder:
         if kind == "http.response.start":
             self.started = True
             status = int(message["status"])
-            if not await self._record(status):
+            if not await self.record(status):
                 self.replaced = True
                 status = 503
                 message = {
@@ -291,16 +355,18 @@ class _Responder:
         headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
         headers += _SECURITY_HEADERS
         headers.append((b"x-request-id", self.ctx.request_id.encode("ascii")))
+        if self.guard.state.draining and not any(k.lower() == b"connection" for k, _ in headers):
+            headers.append(_CLOSE)  # keep-alive clients learn to reconnect elsewhere
         return {**message, "headers": headers}
 
-    async def _record(self, status: int) -> bool:
+    async def record(self, status: int) -> bool:
         """Audit (durably) and count; False when the audit record could not be written."""
         ctx, guard = self.ctx, self.guard
         self.status = status
         elapsed = time.perf_counter() - ctx.started
         outcome = ctx.outcome if ctx.outcome and status >= 400 else outcome_for(status)
         ok = True
-        if self.route.audited and guard.audit is not None:
+        if self.route.audited and guard.audit is not None and ctx.audit_in_full:
             model, digest = guard.model_info()
             record = {
                 "request_id": ctx.request_id,
@@ -360,53 +426,3 @@ def _client(scope: Scope) -> str | None:
     if not client:
         return None
     return str(client[0])
-
-
-def _decode(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo gzip/deflate content codings, never producing more than ``limit`` bytes."""
-    codings = [c.strip() for c in encoding.split(",") if c.strip() and c.strip() != "identity"]
-    if len(codings) > 2:
-        raise ApiError(415, "too many content codings")
-    for coding in reversed(codings):
-        if coding in ("gzip", "x-gzip"):
-            body = _inflate(body, 16 + zlib.MAX_WBITS, limit, members=True)
-        elif coding == "deflate":
-            try:
-                body = _inflate(body, zlib.MAX_WBITS, limit)
-            except ApiError as err:
-                if err.status != 400:
-                    raise
-                body = _inflate(body, -zlib.MAX_WBITS, limit)  # raw deflate, as some clients send
-        else:
-            shown = coding[:32]
-            raise ApiError(415, f"unsupported Content-Encoding {shown!r}: use gzip or deflate")
-    return body
-
-
-def _inflate(data: bytes, wbits: int, limit: int, members: bool = False) -> bytes:
-    out = bytearray()
-    decoder = zlib.decompressobj(wbits)
-    pending = data
-    try:
-        while True:
-            out += decoder.decompress(pending, limit + 1 - len(out))
-            if len(out) > limit:
-                raise ApiError(
-                    413,
-                    f"decompressed request body exceeds the limit of {limit} bytes",
-                    outcome="too_large",
-                )
-            if decoder.eof:
-                rest = decoder.unused_data
-                if rest and members:
-                    decoder, pending = zlib.decompressobj(wbits), rest
-                    continue
-                if rest:
-                    raise ApiError(400, "data after the end of the compressed body")
-                return bytes(out)
-            if decoder.unconsumed_tail:
-                pending = decoder.unconsumed_tail
-                continue
-            raise ApiError(400, "compressed request body is truncated")
-    except zlib.error:
-        raise ApiError(400, "compressed request body is corrupt") from None

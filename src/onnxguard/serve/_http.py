@@ -25,6 +25,7 @@ _OUTCOMES = {
     415: "unsupported_encoding",
     422: "invalid",
     429: "rate_limited",
+    499: "client_disconnected",
     500: "error",
     503: "unavailable",
     504: "timeout",
@@ -54,7 +55,27 @@ class ApiError(Exception):
 
 
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, ensure_ascii=False).encode("utf-8")
+    # ASCII escapes: a message that quotes client input can never fail to encode (a lone
+    # surrogate once turned a 400 into a 500).
+    return json.dumps({"error": message}, ensure_ascii=True).encode("ascii")
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """A client-controlled name as it may appear in an error message: bounded, printable ASCII,
+    quoted (control characters, non-ASCII and lone surrogates escaped)."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = text[:limit]
+    escaped = cut.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
+    return "'" + escaped.replace("'", "\\'") + "'" + ("..." if len(text) > limit else "")
+
+
+@dataclass
+class ServeState:
+    """Server-wide state the request path reads: set by the server lifecycle."""
+
+    draining: bool = False
+    """SIGTERM received: in-flight requests finish, responses carry ``Connection: close``."""
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -83,6 +104,11 @@ class RequestContext:
     inputs: int | None = None
     inputs_sha256: str | None = None
     outcome: str | None = None
+    tenant: str | None = None
+    """Who the work is charged to (key id, or the client address without keys): rate limits,
+    token budget and fair batching."""
+    audit_in_full: bool = True
+    """False for failed authentications counted in an ``auth_failures`` digest instead."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

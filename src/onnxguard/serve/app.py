@@ -13,6 +13,8 @@ including FastAPI's own, is answered as ``{"error": "..."}``; an unexpected exce
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -28,8 +30,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from onnxguard import __version__
+from onnxguard.errors import AuditLogError
+from onnxguard.serve._authfail import AuthFailures
 from onnxguard.serve._guard import Guard
-from onnxguard.serve._http import ApiError, context_of, error_response, json_response
+from onnxguard.serve._http import ApiError, ServeState, context_of, error_response, json_response
 from onnxguard.serve.audit import AuditLog
 from onnxguard.serve.auth import KeyStore
 from onnxguard.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -99,8 +103,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing or invalid API key"),
         (403, "The key lacks the scope"),
         (413, "Body or input over a limit"),
+        (415, "Not JSON, or an unsupported Content-Encoding"),
         (422, "Request does not match the schema"),
-        (429, "Rate limit exceeded"),
+        (429, "Rate limit or token budget exceeded"),
         (503, "Not ready, overloaded or shutting down"),
         (504, "Timed out in the queue"),
     )
@@ -116,6 +121,18 @@ class ServerHandles:
     metrics: ServeMetrics
     keys: KeyStore | None
     audit: AuditLog | None
+    state: ServeState
+    auth_failures: AuthFailures
+
+    @property
+    def ready(self) -> bool:
+        """Serving: the model is ready and the audit log (when there is one) is writable."""
+        return self.service.ready and (self.audit is None or self.audit.healthy)
+
+    def drain(self) -> None:
+        """SIGTERM: answer with ``Connection: close``, run queued texts without waiting."""
+        self.state.draining = True
+        self.service.drain()
 
 
 def create_app(
@@ -133,20 +150,8 @@ def create_app(
     metrics = ServeMetrics()
     service = Service(config, metrics, loader or default_loader(config))
     limiter = RateLimiter(config.rate_limit) if config.rate_limit is not None else None
-    audit = None
-    if config.audit.path is not None:
-        audit = AuditLog(
-            config.audit.path,
-            max_bytes=config.audit.max_bytes,
-            keep=config.audit.keep,
-            fsync=config.audit.fsync,
-            server_info={
-                "version": __version__,
-                "bundle": str(config.bundle),
-                "host": config.host,
-                "port": config.port,
-            },
-        )
+    audit = _audit_log(config)
+    auth_failures = AuthFailures(config.limits.auth_failures_per_minute)
 
     def fatal(exc: BaseException) -> None:
         if on_fatal is not None:
@@ -154,7 +159,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if audit is not None:
+        if audit is not None and not audit.is_open:  # `serve` opens it before binding
             try:
                 audit.open()
             except Exception as exc:
@@ -177,6 +182,9 @@ def create_app(
                 task.cancel()
             await asyncio.to_thread(service.stop)
             if audit is not None:
+                for summary in auth_failures.due(everything=True):
+                    with contextlib.suppress(AuditLogError):
+                        await audit.append(summary, kind="auth_failures")
                 audit.close()
 
     docs = config.docs is not DocsMode.OFF
@@ -191,10 +199,12 @@ def create_app(
         redirect_slashes=False,
         telemetry=_TELEMETRY_OFF,
     )
-    app.state.onnxguard = ServerHandles(config, service, metrics, keys, audit)
+    handles = ServerHandles(config, service, metrics, keys, audit, ServeState(), auth_failures)
+    app.state.onnxguard = handles
     _install_error_handlers(app)
     _add_v1_routes(app, service, metrics)
-    app.include_router(make_router(service))
+    app.include_router(make_router(service, lambda: handles.ready))
+    _openapi_for_the_task(app, service)
 
     def model_info() -> tuple[str | None, str | None]:
         return service.model_name, service.bundle_digest
@@ -207,6 +217,8 @@ def create_app(
         audit=audit,  # type: ignore[arg-type]
         metrics=metrics,
         model_info=model_info,
+        state=handles.state,
+        auth_failures=auth_failures,
     )
     if config.cors_origins:
         app.add_middleware(
@@ -223,6 +235,44 @@ def create_app(
             max_age=600,
         )
     return app
+
+
+def _audit_log(config: ServeConfig) -> AuditLog | None:
+    if config.audit.path is None:
+        return None
+    return AuditLog(
+        config.audit.path,
+        max_bytes=config.audit.max_bytes,
+        keep=config.audit.keep,
+        fsync=config.audit.fsync,
+        server_info={
+            "version": __version__,
+            "bundle": str(config.bundle),
+            "host": config.host,
+            "port": config.port,
+        },
+    )
+
+
+def _openapi_for_the_task(app: FastAPI, service: Service) -> None:
+    """The OpenAPI document lists only the V1 route of the bundle's task (once it is known)."""
+    generate = app.openapi
+    cached: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        if "schema" in cached:
+            return cached["schema"]  # type: ignore[no-any-return]
+        app.openapi_schema = None
+        schema = copy.deepcopy(generate())
+        if not service.ready:
+            return schema
+        paths = schema.get("paths", {})
+        wrong = "/v1/classify" if service.engine.task is Task.FEATURE_EXTRACTION else "/v1/embed"
+        paths.pop(wrong, None)
+        cached["schema"] = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> None:

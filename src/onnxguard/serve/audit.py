@@ -37,7 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from onnxguard.errors import IntegrityError, ServeError
+from onnxguard.errors import AuditChainError, AuditLogError
+
+__all__ = ["AuditChainError", "AuditLog", "AuditLogError", "ChainReport", "verify_chain"]
 
 log = logging.getLogger("onnxguard.serve")
 
@@ -45,14 +47,6 @@ GENESIS = "0" * 64
 FORMAT = "onnxguard-audit/1"
 _TAIL_BYTES = 1 << 20
 _STOP = object()
-
-
-class AuditLogError(ServeError):
-    """The audit log cannot be opened or written; the server refuses to serve unaudited."""
-
-
-class AuditChainError(IntegrityError):
-    """The audit log's hash chain does not verify: a record was edited, deleted or reordered."""
 
 
 def canonical(record: dict[str, Any]) -> str:
@@ -105,7 +99,10 @@ class AuditLog:
         self.server_info = server_info or {}
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._handle: Any = None
+        self._fd: int | None = None
+        self._write: Callable[[int, memoryview], int] = os.write
+        """The raw write call (a seam for fault-injection tests; unbuffered on purpose: bytes
+        that failed to reach the disk must not sit in a buffer that a later flush writes)."""
         self._size = 0
         self._seq = -1
         self._prev = GENESIS
@@ -116,41 +113,49 @@ class AuditLog:
         self.records_written = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None
+
     def open(self) -> None:
         """Continue the chain of an existing log (whose tail must verify), or start one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._thread is not None:
+            return
         start_file = True
-        if self.path.exists() and self.path.stat().st_size > 0:
-            self._seq, self._prev = _read_tail(self.path)
-            start_file = False
-        elif rotated := rotated_files(self.path):
-            # The live file is missing but rotated ones exist: continue from the newest.
-            self._seq, self._prev = _read_tail(rotated[-1])
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._handle = os.fdopen(fd, "ab")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size > 0:
+                self._seq, self._prev = _read_tail(self.path)
+                start_file = False
+            elif rotated := rotated_files(self.path):
+                # The live file is missing but rotated ones exist: continue from the newest.
+                self._seq, self._prev = _read_tail(rotated[-1])
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise AuditLogError(
-                f"cannot open audit log {self.path}: {exc}",
-                hint="check the directory exists and is writable",
+                f"cannot open audit log {self.path}: {exc.strerror or exc}",
+                hint="check that its directory exists and is writable by the server's user",
             ) from exc
-        self._size = self.path.stat().st_size
+        lines = []
         if start_file:
             previous = rotated_files(self.path)
-            self._write_now(
-                [
-                    self._seal(
-                        {
-                            "type": "file",
-                            "format": FORMAT,
-                            "previous_file": previous[-1].name if previous else None,
-                            "pruned": [],
-                        }
-                    )
-                ]
-            )
+            header: dict[str, Any] = {"type": "file", "format": FORMAT, "pruned": []}
+            header["previous_file"] = previous[-1].name if previous else None
+            lines.append(self._seal(header))
+        lines.append(self._seal({"type": "start", "server": self.server_info}))
+        try:
+            self._write_now(lines)
+        except OSError as exc:
+            self._cut_back()
+            os.close(self._fd)
+            self._fd = None
+            raise AuditLogError(
+                f"cannot write audit log {self.path}: {exc.strerror or exc}",
+                hint="free disk space or point --audit-log at a writable disk",
+            ) from exc
+        if start_file:
             _fsync_dir(self.path.parent)
-        self._write_now([self._seal({"type": "start", "server": self.server_info})])
         self._thread = threading.Thread(target=self._run, name="onnxguard-audit", daemon=True)
         self._thread.start()
 
@@ -163,17 +168,19 @@ class AuditLog:
         self._queue.put(_STOP)
         self._thread.join()
         self._thread = None
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @property
     def healthy(self) -> bool:
+        """Open and never failed: readiness follows this (a failed log refuses every request)."""
         return self._failed is None and self._thread is not None
 
     # --- appending -----------------------------------------------------------------------------
-    async def append(self, fields: dict[str, Any]) -> None:
-        """Queue a request record and wait until it is on disk (raises AuditLogError).
+    async def append(self, fields: dict[str, Any], kind: str = "request") -> None:
+        """Queue a record (``type`` = ``kind``) and wait until it is on disk (raises
+        AuditLogError).
 
         Records appended in the same event-loop turn travel to the writer thread together
         (one hand-off, one write, one fsync for the group).
@@ -182,7 +189,7 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         group = self._groups.setdefault(loop, [])
-        group.append(({"type": "request", **fields}, future))
+        group.append(({"type": kind, **fields}, future))
         if len(group) == 1:
             loop.call_soon(self._hand_over, loop)
         await future
@@ -266,6 +273,7 @@ class AuditLog:
                 self._write_now(lines)
             except OSError as exc:
                 self._failed = exc
+                self._cut_back()
                 log.error("audit log write failed, refusing further requests: %s", exc)
                 error = AuditLogError(
                     f"audit log write failed: {exc}",
@@ -286,17 +294,31 @@ class AuditLog:
     def _write_now(self, lines: list[bytes]) -> None:
         if not lines:
             return
-        data = b"".join(lines)
-        self._handle.write(data)
-        self._handle.flush()
+        assert self._fd is not None
+        data = memoryview(b"".join(lines))
+        written = 0
+        while written < len(data):
+            written += self._write(self._fd, data[written:])
         if self.fsync:
-            os.fsync(self._handle.fileno())
+            os.fsync(self._fd)
         self._size += len(data)
         self.records_written += len(lines)
 
+    def _cut_back(self) -> None:
+        """After a failed write: drop its partial bytes, so the file ends at the last record that
+        reached the disk whole (no phantom records for requests that were refused)."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError as exc:
+            log.error("audit log could not be cut back to its last whole record: %s", exc)
+
     def _rotate(self) -> None:
         self._write_now([self._seal({"type": "rotate"})])
-        self._handle.close()
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         target = self.path.with_name(f"{self.path.name}.{stamp}")
         counter = 1
@@ -310,8 +332,7 @@ class AuditLog:
             for old in rotated[: max(0, len(rotated) - self.keep)]:
                 old.unlink()
                 pruned.append(old.name)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-        self._handle = os.fdopen(fd, "ab")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         self._size = 0
         self._write_now(
             [
@@ -437,94 +458,127 @@ _MAX_PROBLEMS = 50
 def verify_chain(path: Path, *, include_rotated: bool = True) -> ChainReport:
     """Check every record's hash and the chain across the live file and its rotated files."""
     path = Path(path)
+    if path.is_dir():
+        raise AuditChainError(
+            f"{path} is a directory, not an audit log",
+            hint="pass the file given to `serve --audit-log`",
+        )
     files = (rotated_files(path) if include_rotated else []) + ([path] if path.exists() else [])
     if not files:
         raise AuditChainError(
             f"audit log {path} does not exist", hint="pass the path given to `serve --audit-log`"
         )
-    problems: list[str] = []
-    pruned = _all_pruned(files)
-    prev: str | None = None
-    expected_seq: int | None = None
-    first_seq: int | None = None
-    records = requests = 0
-    last_type = None
-    complete = False
-
-    def problem(text: str) -> None:
-        if len(problems) < _MAX_PROBLEMS:
-            problems.append(text)
-
+    walker = _ChainWalker(_all_pruned(files))
     for index, file in enumerate(files):
-        data = file.read_bytes()
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise AuditChainError(
+                f"cannot read audit log {file}: {exc.strerror or exc}",
+                hint="check the path and its permissions",
+            ) from exc
+        walker.walk_file(index, file.name, data)
+    return walker.report(files)
+
+
+class _ChainWalker:
+    """The state of one pass over the chain: expected ``prev`` and ``seq``, counts, problems."""
+
+    def __init__(self, pruned: set[str]) -> None:
+        self.pruned = pruned
+        self.problems: list[str] = []
+        self.prev: str | None = None
+        self.expected_seq: int | None = None
+        self.first_seq: int | None = None
+        self.records = 0
+        self.requests = 0
+        self.last_type: Any = None
+        self.complete = False
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append(text)
+
+    def walk_file(self, index: int, name: str, data: bytes) -> None:
         if data and not data.endswith(b"\n"):
-            problem(f"{file.name}: the last line is a partial record (write cut short)")
+            self.problem(f"{name}: the last line is a partial record (write cut short)")
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
         if not lines:
-            problem(f"{file.name}: empty file")
-            continue
+            self.problem(f"{name}: empty file")
+            return
         for number, raw in enumerate(lines, 1):
-            where = f"{file.name} line {number}"
-            try:
-                record = json.loads(raw)
-                if not isinstance(record, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                problem(f"{where}: not a JSON record")
-                prev = None
-                continue
-            records += 1
-            seq, rec_prev, rec_hash = record.get("seq"), record.get("prev"), record.get("hash")
-            if rec_hash != record_hash(record):
-                problem(f"{where} (seq {seq}): hash mismatch: the record was edited")
-            elif raw.decode("utf-8", "replace") != canonical(record):
-                problem(f"{where} (seq {seq}): not in canonical form: the line was edited")
-            if number == 1:
-                if record.get("type") != "file":
-                    problem(
-                        f"{where}: a log file must start with a 'file' record "
-                        "(the first lines were deleted?)"
-                    )
-                if index == 0:
-                    first_seq = seq if isinstance(seq, int) else None
-                    if rec_prev == GENESIS and seq == 0:
-                        complete = True
-                    else:
-                        before = record.get("previous_file")
-                        if before is None or before not in pruned:
-                            problem(
-                                f"{where}: the chain continues a file that is missing "
-                                f"({before or 'unnamed'}) and was not pruned by the server"
-                            )
-                        prev, expected_seq = rec_prev, seq
-            if prev is not None and rec_prev != prev:
-                problem(
-                    f"{where} (seq {seq}): chain broken: the record before it was "
-                    "deleted, replaced or reordered"
-                )
-            elif expected_seq is not None and seq != expected_seq:
-                problem(
-                    f"{where}: sequence number {seq}, expected {expected_seq} "
-                    "(records deleted or reordered)"
-                )
-            prev = rec_hash if isinstance(rec_hash, str) else None
-            expected_seq = seq + 1 if isinstance(seq, int) else None
-            if record.get("type") == "request":
-                requests += 1
-            last_type = record.get("type")
-    return ChainReport(
-        files=tuple(str(f) for f in files),
-        records=records,
-        requests=requests,
-        first_seq=first_seq,
-        last_seq=None if expected_seq is None else expected_seq - 1,
-        head=prev,
-        closed=last_type == "stop",
-        complete=complete,
-        problems=tuple(problems),
-    )
+            self.walk_line(index, f"{name} line {number}", number, raw)
+
+    def walk_line(self, index: int, where: str, number: int, raw: bytes) -> None:
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            self.problem(f"{where}: not a JSON record")
+            self.prev = None
+            return
+        self.records += 1
+        seq, rec_prev, rec_hash = record.get("seq"), record.get("prev"), record.get("hash")
+        if rec_hash != record_hash(record):
+            self.problem(f"{where} (seq {seq}): hash mismatch: the record was edited")
+        elif raw.decode("utf-8", "replace") != canonical(record):
+            self.problem(f"{where} (seq {seq}): not in canonical form: the line was edited")
+        if number == 1:
+            self.first_record(index, where, record)
+        if self.prev is not None and rec_prev != self.prev:
+            self.problem(
+                f"{where} (seq {seq}): chain broken: the record before it was "
+                "deleted, replaced or reordered"
+            )
+        elif self.expected_seq is not None and seq != self.expected_seq:
+            self.problem(
+                f"{where}: sequence number {seq}, expected {self.expected_seq} "
+                "(records deleted or reordered)"
+            )
+        self.prev = rec_hash if isinstance(rec_hash, str) else None
+        self.expected_seq = seq + 1 if isinstance(seq, int) else None
+        if record.get("type") == "request":
+            self.requests += 1
+        self.last_type = record.get("type")
+
+    def first_record(self, index: int, where: str, record: dict[str, Any]) -> None:
+        """A file's first record is a ``file`` record; the first file's starts the chain or
+        continues one that the server pruned."""
+        if record.get("type") != "file":
+            self.problem(
+                f"{where}: a log file must start with a 'file' record "
+                "(the first lines were deleted?)"
+            )
+        if index != 0:
+            return
+        seq = record.get("seq")
+        self.first_seq = seq if isinstance(seq, int) else None
+        if record.get("prev") == GENESIS and seq == 0:
+            self.complete = True
+            return
+        before = record.get("previous_file")
+        if before is None or before not in self.pruned:
+            self.problem(
+                f"{where}: the chain continues a file that is missing "
+                f"({before or 'unnamed'}) and was not pruned by the server"
+            )
+        self.prev, self.expected_seq = record.get("prev"), seq
+
+    def report(self, files: Sequence[Path]) -> ChainReport:
+        return ChainReport(
+            files=tuple(str(f) for f in files),
+            records=self.records,
+            requests=self.requests,
+            first_seq=self.first_seq,
+            last_seq=None if self.expected_seq is None else self.expected_seq - 1,
+            head=self.prev,
+            closed=self.last_type == "stop",
+            complete=self.complete,
+            problems=tuple(self.problems),
+        )
 
 
 def _all_pruned(files: Sequence[Path]) -> set[str]:

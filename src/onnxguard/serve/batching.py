@@ -11,6 +11,11 @@ costs a fixed overhead plus rows x padded width), real tokens stay at least ``mi
 padded batch and rows x width stays within ``max_batch_tokens``.  Texts left out run in the next
 call, which starts at once.
 
+Fairness: the batch is anchored on the oldest text of the key (tenant) that has had the fewest
+tokens run recently (start-time fair queueing on tokens), so one key's heavy requests cannot
+starve another key's light ones; a key that was idle starts at the current virtual time, not with
+credit saved up.
+
 Back-pressure: when the queue holds ``queue_size`` texts a new request is refused at once (503)
 instead of waiting behind a backlog it cannot get through; each request also has a deadline
 (504).  Tokenization runs in the worker thread, one call for all new arrivals (the Rust tokenizer
@@ -30,29 +35,16 @@ from typing import Any, Protocol
 import numpy as np
 from tokenizers import Encoding
 
-from onnxguard.errors import ServeError
+from onnxguard.errors import (
+    InferenceFailedError,
+    OverloadedError,
+    RequestError,
+    RequestTimeoutError,
+    StoppedError,
+    TokenLimitError,
+)
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.settings import BatchSettings
-
-
-class OverloadedError(ServeError):
-    """The batching queue is full: the request is refused at once (HTTP 503)."""
-
-
-class RequestTimeoutError(ServeError):
-    """The request did not get its result within the per-request timeout (HTTP 504)."""
-
-
-class StoppedError(ServeError):
-    """The batcher is shutting down and takes no new work (HTTP 503)."""
-
-
-class InferenceFailedError(ServeError):
-    """ONNX Runtime raised while running a batch (HTTP 500; a bug or a broken model)."""
-
-
-class TokenLimitError(ServeError):
-    """A request's texts tokenize to more tokens than allowed (HTTP 413)."""
 
 
 class BatchEngine(Protocol):
@@ -80,6 +72,7 @@ class _Request:
     enqueued: float
     results: list[Any]
     remaining: int
+    tenant: str = ""
     encodings: list[Encoding] = field(default_factory=list)
     cancelled: bool = False
     error: BaseException | None = None
@@ -123,6 +116,9 @@ class Batcher:
         self._pending_tokens = 0
         self._depth = 0
         self._stopping = False
+        self._flushing = False
+        self._usage: dict[str, float] = {}
+        self._vtime = 0.0
         self._has_cancelled = False
         self._threads: list[threading.Thread] = []
         self._max_wait = settings.max_wait_ms / 1000.0
@@ -141,6 +137,12 @@ class Batcher:
             thread.start()
             self._threads.append(thread)
 
+    def flush(self) -> None:
+        """Stop waiting for batch-mates (the server drains: no more requests will come)."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
+
     def stop(self, timeout: float | None = None) -> None:
         """Take no new work, finish what is queued, join the workers."""
         with self._cond:
@@ -151,13 +153,20 @@ class Batcher:
         self._threads.clear()
 
     # --- event-loop side ---------------------------------------------------------------------
-    async def run(self, texts: Sequence[str]) -> BatchResult:
-        """Tokenize and run ``texts`` in shared batches; raises the errors above."""
+    async def run(self, texts: Sequence[str], tenant: str = "") -> BatchResult:
+        """Tokenize and run ``texts`` in shared batches, charged to ``tenant`` for fairness;
+        raises the RequestErrors of ``onnxguard.errors``."""
         if not texts:
             return BatchResult([], [])
         loop = asyncio.get_running_loop()
         request = _Request(
-            loop, loop.create_future(), texts, time.monotonic(), [None] * len(texts), len(texts)
+            loop,
+            loop.create_future(),
+            texts,
+            time.monotonic(),
+            [None] * len(texts),
+            len(texts),
+            tenant,
         )
         with self._cond:
             if self._stopping:
@@ -203,6 +212,7 @@ class Batcher:
                         settings = self.settings
                         if (
                             self._stopping
+                            or self._flushing
                             or len(self._pending) >= settings.max_batch
                             or self._pending_tokens >= settings.max_batch_tokens
                         ):
@@ -255,6 +265,11 @@ class Batcher:
             )
         with self._cond:
             self._depth -= dropped + sum(len(r.texts) for r in failed)
+            waiting = {item.request.tenant for item in self._pending}
+            for request in live:
+                if request.tenant not in waiting:  # back from idle: no saved-up credit
+                    usage = self._usage.get(request.tenant, 0.0)
+                    self._usage[request.tenant] = max(usage, self._vtime)
             self._pending.extend(items)
             self._pending_tokens += sum(item.length for item in items)
         by_loop: defaultdict[asyncio.AbstractEventLoop, list[_Request]] = defaultdict(list)
@@ -281,8 +296,8 @@ class Batcher:
         """
         settings = self.settings
         overhead = float(settings.call_overhead_tokens)
-        window = self._pending[: self._scan]
-        anchor = window[0]
+        anchor = self._anchor()
+        window = [anchor] + [item for item in self._pending[: self._scan] if item is not anchor]
         ordered = sorted(window, key=lambda item: item.length)
         pos = next(i for i, item in enumerate(ordered) if item is anchor)
         lo = hi = pos
@@ -310,10 +325,25 @@ class Batcher:
         batch = ordered[lo : hi + 1]
         for item in batch:
             item.taken = True
+            tenant = item.request.tenant
+            self._usage[tenant] = self._usage.get(tenant, self._vtime) + item.length
         self._pending = [item for item in self._pending if not item.taken]
         self._pending_tokens -= total
         self._depth -= len(batch)
         return batch
+
+    def _anchor(self) -> _Item:
+        """The oldest waiting text of the tenant with the least usage (FIFO with one tenant)."""
+        oldest: dict[str, _Item] = {}
+        for item in self._pending:
+            oldest.setdefault(item.request.tenant, item)
+        if len(oldest) == 1:
+            return self._pending[0]
+        tenant = min(oldest, key=lambda t: (self._usage.get(t, self._vtime), oldest[t].enqueued))
+        self._vtime = max(self._vtime, self._usage.get(tenant, self._vtime))
+        if len(self._usage) > 4 * len(oldest) + 1024:  # forget idle tenants (memory bound)
+            self._usage = {t: self._usage[t] for t in oldest if t in self._usage}
+        return oldest[tenant]
 
     def _execute(self, batch: list[_Item]) -> None:
         started = time.monotonic()
@@ -363,7 +393,7 @@ def _deliver(requests: list[_Request]) -> None:
         if request.future.done():
             continue
         error = request.error
-        if isinstance(error, ServeError):
+        if isinstance(error, RequestError):
             request.future.set_exception(error)
         elif error is not None:
             request.future.set_exception(

@@ -9,28 +9,33 @@ is imported until a command runs (the server never imports torch or transformers
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import os
-import signal
-import ssl
-import sys
-import threading
-from collections.abc import Generator
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
-from onnxguard.errors import OnnxGuardError, ServeError, SourceNotFoundError, UsageError
-
-if TYPE_CHECKING:
-    from onnxguard.serve.settings import ServeConfig
+from onnxguard.errors import UsageError
 
 err_console = Console(stderr=True)
-_SWITCH_INTERVAL_S = 0.0005
+
+
+class LogLevelChoice(StrEnum):
+    """``--log-level`` choices (typer shows and checks them: a bad value is a usage error)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class DocsChoice(StrEnum):
+    ON = "on"
+    OFF = "off"
+    PUBLIC = "public"
+
 
 apikey_app = typer.Typer(help="Create API keys for `onnxguard serve`.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check `onnxguard serve` audit logs.", no_args_is_help=True)
@@ -83,11 +88,33 @@ def serve_command(
     max_body: str = typer.Option(
         "1MiB", "--max-body", help="Request body limit, also after gzip/deflate decoding."
     ),
-    max_texts: int = typer.Option(64, "--max-texts", help="Texts per request."),
+    max_texts: int = typer.Option(64, "--max-texts", min=1, help="Texts per request."),
     max_chars: int = typer.Option(20_000, "--max-chars", help="Characters per text."),
     max_tokens: int = typer.Option(16_384, "--max-tokens", help="Tokens per request."),
     body_timeout: float = typer.Option(30.0, help="Seconds a client may take to send its body."),
-    max_connections: int = typer.Option(1024, help="Concurrent connections (503 beyond)."),
+    max_connections: int = typer.Option(
+        1024, help="Open connections; a new one evicts the oldest idle one when all are taken."
+    ),
+    max_connections_per_client: int = typer.Option(
+        128,
+        "--max-connections-per-client",
+        min=0,
+        help="Open connections per client address (0: no cap; trusted proxies exempt).",
+    ),
+    header_timeout: float = typer.Option(
+        10.0, help="Seconds a connection may take to send a complete request head."
+    ),
+    auth_failures_per_minute: int = typer.Option(
+        30,
+        "--auth-failures-per-minute",
+        min=1,
+        help="Failed authentications per client address per minute (429 beyond).",
+    ),
+    token_limit: str = typer.Option(
+        "1000000/minute",
+        "--token-limit",
+        help="Tokens per key: N/second|minute|hour|day, or off (429 beyond).",
+    ),
     max_batch: int = typer.Option(32, "--max-batch", help="Texts per ONNX Runtime call."),
     max_wait_ms: float = typer.Option(
         2.0, "--max-wait-ms", help="How long a text may wait for others to share its batch."
@@ -131,7 +158,9 @@ def serve_command(
         envvar="ONNXGUARD_KEY_SOURCE",
         help="Key for an encrypted bundle: env:NAME or file:PATH.",
     ),
-    docs: str = typer.Option("on", help="OpenAPI docs: on (key needed), off, or public (no key)."),
+    docs: DocsChoice = typer.Option(
+        DocsChoice.ON, help="OpenAPI docs: on (key needed), off, or public (no key)."
+    ),
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="Allow this browser origin (repeatable; none by default)."
     ),
@@ -146,24 +175,25 @@ def serve_command(
     access_log: bool = typer.Option(
         True, "--access-log/--no-access-log", help="Log one line per request (never its text)."
     ),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    log_level: LogLevelChoice = typer.Option(
+        LogLevelChoice.INFO, case_sensitive=False, help="Server log level."
+    ),
 ) -> None:
     """Serve a bundle over HTTP(S): /v1 and KServe V2 endpoints, keys, limits, audit log."""
+    from onnxguard.serve.server import run_server
     from onnxguard.serve.settings import (
         AuditSettings,
         BatchSettings,
         DocsMode,
         Limits,
+        LogLevel,
         RateLimit,
         ServeConfig,
         TLSSettings,
         parse_size,
     )
 
-    try:
-        docs_mode = DocsMode(docs)
-    except ValueError:
-        raise UsageError(f"unknown --docs {docs!r}", hint="choose on, off or public") from None
+    docs_mode = DocsMode(docs.value)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     tls = None
@@ -184,6 +214,7 @@ def serve_command(
         api_keys_file=api_keys_file,
         allow_unauthenticated=allow_unauthenticated,
         rate_limit=RateLimit.parse(rate_limit),
+        token_limit=RateLimit.parse(token_limit, "--token-limit"),
         audit=AuditSettings(
             path=audit_log,
             max_bytes=parse_size(audit_max_bytes, "--audit-max-bytes"),
@@ -198,6 +229,9 @@ def serve_command(
             max_tokens=max_tokens,
             body_timeout_s=body_timeout,
             max_connections=max_connections,
+            max_connections_per_client=max_connections_per_client,
+            header_timeout_s=header_timeout,
+            auth_failures_per_minute=auth_failures_per_minute,
         ),
         batching=BatchSettings(
             max_batch=max_batch,
@@ -221,127 +255,9 @@ def serve_command(
             ip.strip() for ip in (forwarded_allow_ips or "").split(",") if ip.strip()
         ),
         access_log=access_log,
-        log_level=log_level.lower(),
+        log_level=LogLevel(log_level.value),
     )
     run_server(config)
-
-
-def run_server(config: ServeConfig) -> None:
-    """Check the configuration, start uvicorn, stop gracefully; raise the error that stopped it."""
-    import uvicorn
-
-    from onnxguard.serve.app import create_app
-
-    config.check()
-    if config.allow_unauthenticated and not config.loopback:
-        raise UsageError(
-            f"--allow-unauthenticated on {config.host}: anyone who can reach it could use the "
-            "model",
-            hint="bind 127.0.0.1, or pass --api-keys-file",
-        )
-    if not Path(config.bundle).is_dir():
-        raise SourceNotFoundError(
-            f"bundle directory {config.bundle} does not exist",
-            hint="build one with `onnxguard build SOURCE -o DIR`",
-        )
-    if not config.loopback and config.tls is None:
-        err_console.print(
-            f"[yellow]warning:[/] serving plain HTTP on {config.host}: API keys "
-            "cross the network in clear unless a TLS proxy is in front "
-            "(--tls-cert/--tls-key)",
-            highlight=False,
-        )
-    if config.audit.path is None:
-        err_console.print(
-            "[yellow]warning:[/] no --audit-log: requests are not audited", highlight=False
-        )
-    errors: list[BaseException] = []
-    holder: dict[str, Any] = {}
-
-    def on_fatal(exc: BaseException) -> None:
-        errors.append(exc)
-        server = holder.get("server")
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(config, on_fatal=on_fatal)
-    uv_config = uvicorn.Config(
-        app,
-        host=config.host,
-        port=config.port,
-        log_config=_log_config(config.log_level),
-        log_level=config.log_level,
-        access_log=False,
-        server_header=False,
-        proxy_headers=bool(config.forwarded_allow_ips),
-        forwarded_allow_ips=list(config.forwarded_allow_ips) or None,
-        timeout_graceful_shutdown=int(config.graceful_timeout_s),
-        limit_concurrency=config.limits.max_connections,
-        timeout_keep_alive=5,
-        lifespan="on",
-        ssl_certfile=str(config.tls.cert) if config.tls else None,
-        ssl_keyfile=str(config.tls.key) if config.tls else None,
-        ssl_keyfile_password=config.tls.key_password if config.tls else None,
-        ssl_ca_certs=str(config.tls.client_ca) if config.tls and config.tls.client_ca else None,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if config.tls and config.tls.client_ca else ssl.CERT_NONE,
-    )
-    server = _graceful_server_class()(uv_config)
-    holder["server"] = server
-    # The batching thread needs the GIL for a moment between ONNX Runtime calls; with the
-    # default 5 ms switch interval it can wait that long behind the busy event loop while the
-    # cores idle.  A shorter interval keeps the model fed (this process only serves).
-    sys.setswitchinterval(_SWITCH_INTERVAL_S)
-    try:
-        server.run()
-    except SystemExit as exc:  # uvicorn exits when it cannot bind or start
-        if errors:
-            _raise(errors[0])
-        raise ServeError(
-            f"the server could not start on {config.host}:{config.port} (exit {exc.code})",
-            hint="is the port in use? see the log above",
-        ) from None
-    if errors:
-        _raise(errors[0])
-
-
-def _raise(exc: BaseException) -> None:
-    if isinstance(exc, OnnxGuardError):
-        raise exc
-    raise ServeError(f"the server stopped: {type(exc).__name__}: {exc}") from exc
-
-
-def _log_config(level: str) -> dict[str, Any]:
-    import uvicorn.config
-
-    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["loggers"]["onnxguard"] = {
-        "handlers": ["default"],
-        "level": level.upper(),
-        "propagate": False,
-    }
-    return config
-
-
-def _graceful_server_class() -> type:
-    import uvicorn
-
-    class GracefulServer(uvicorn.Server):
-        """uvicorn's server, minus re-raising SIGTERM after a graceful stop (exit 0 instead)."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Generator[None, None, None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            signals = (signal.SIGINT, signal.SIGTERM)
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-    return GracefulServer
 
 
 @apikey_app.command("new")
@@ -398,6 +314,11 @@ def audit_verify_command(
     """Check every record's hash and the chain; exit 7 if anything was edited or deleted."""
     from onnxguard.serve.audit import AuditChainError, verify_chain
 
+    if log.is_dir():
+        raise UsageError(
+            f"{log} is a directory, not an audit log",
+            hint="pass the file given to `serve --audit-log`",
+        )
     report = verify_chain(log, include_rotated=rotated)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))

@@ -97,6 +97,16 @@ class ServeMetrics:
             ["model", "task", "precision", "bundle_digest"],
             registry=r,
         )
+        self.connections_open = Gauge(
+            "onnxguard_connections_open", "Open client connections.", registry=r
+        )
+        self.connections_closed = Counter(
+            "onnxguard_connections_closed",
+            "Connections refused or closed by the server before a request, by reason "
+            "(per_client_limit, max_connections, evicted, header_timeout).",
+            ["reason"],
+            registry=r,
+        )
         self.audit_records = Counter(
             "onnxguard_audit_records", "Audit records written.", registry=r
         )

@@ -66,3 +66,14 @@ class RateLimiter:
                 # buckets are per client address).
                 self._buckets.popitem(last=False)
         return Decision(allowed, wait, int(tokens))
+
+    def charge(self, key: str, cost: float) -> None:
+        """Take ``cost`` tokens after the fact; the bucket may go into debt (the next
+        ``acquire(key, 0)`` then waits until the debt is paid back)."""
+        now = self._clock()
+        with self._lock:
+            tokens, stamp = self._buckets.pop(key, (self._capacity, now))
+            tokens = min(self._capacity, tokens + (now - stamp) * self._rate) - cost
+            self._buckets[key] = (tokens, now)
+            if len(self._buckets) > self._max_buckets:
+                self._buckets.popitem(last=False)

@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Encoding
 
-from onnxguard.serve._http import ApiError, RequestContext
-from onnxguard.serve.audit import hash_inputs
-from onnxguard.serve.batching import (
-    Batcher,
+from onnxguard.errors import (
     InferenceFailedError,
     OverloadedError,
     RequestTimeoutError,
     StoppedError,
     TokenLimitError,
 )
+from onnxguard.serve._http import ApiError, RequestContext
+from onnxguard.serve.audit import hash_inputs
+from onnxguard.serve.batching import Batcher
 from onnxguard.serve.metrics import ServeMetrics
+from onnxguard.serve.ratelimit import RateLimiter
 from onnxguard.serve.settings import ServeConfig
 from onnxguard.tasks import Task
 
@@ -87,6 +88,7 @@ class Service:
         self._stopped = False
         self._lock = threading.Lock()
         self.load_seconds: float | None = None
+        self.tokens = RateLimiter(config.token_limit) if config.token_limit is not None else None
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
@@ -160,6 +162,12 @@ class Service:
         engine.run_batch([short] * rows)
         engine.run_batch([long])
 
+    def drain(self) -> None:
+        """The server stops taking connections: run what is queued without waiting for more."""
+        batcher = self._batcher
+        if batcher is not None:
+            batcher.flush()
+
     def stop(self) -> None:
         """Finish queued work and release the threads (called after in-flight requests end)."""
         with self._lock:
@@ -203,8 +211,10 @@ class Service:
         batcher = self._batcher
         if batcher is None:
             raise _not_ready()
+        tenant = (context.tenant if context is not None else None) or ""
+        self._check_token_budget(tenant)
         try:
-            result = await batcher.run(texts)
+            result = await batcher.run(texts, tenant)
         except TokenLimitError as exc:
             raise ApiError(
                 413, f"{exc.message}, after truncation at {engine.max_length} tokens per text"
@@ -224,7 +234,22 @@ class Service:
         except InferenceFailedError as exc:
             log.error("inference failed for a batch: %s", exc.message)
             raise ApiError(500, "inference failed", outcome="error") from None
+        if self.tokens is not None:
+            self.tokens.charge(tenant, sum(len(e.ids) for e in result.encodings))
         return Inference(texts, result.encodings, result.rows)
+
+    def _check_token_budget(self, tenant: str) -> None:
+        if self.tokens is None:
+            return
+        decision = self.tokens.acquire(tenant, 0.0)
+        if not decision.allowed:
+            self.metrics.rejected.labels("token_limit").inc()
+            raise ApiError(
+                429,
+                f"token budget exceeded ({self.tokens.limit} tokens per key)",
+                headers={"Retry-After": str(decision.retry_after_s)},
+                outcome="token_limited",
+            )
 
 
 def _not_ready() -> ApiError:

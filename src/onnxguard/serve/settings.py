@@ -71,15 +71,15 @@ class RateLimit:
     period_s: float
 
     @classmethod
-    def parse(cls, text: str) -> RateLimit | None:
+    def parse(cls, text: str, option: str = "--rate-limit") -> RateLimit | None:
         """``100/minute``, ``10/s``, ``5000/hour``; ``off`` disables rate limiting."""
         if text.strip().lower() in ("off", "none", "unlimited"):
             return None
         count, _, period = text.strip().partition("/")
         seconds = _PERIODS.get(period.strip().lower())
-        if not count.strip().isdigit() or int(count) < 1 or seconds is None:
+        if not re.fullmatch(r"[0-9]{1,12}", count.strip()) or int(count) < 1 or seconds is None:
             raise UsageError(
-                f"cannot read rate limit {text!r}",
+                f"cannot read {option} {text!r}",
                 hint="write N/second, N/minute, N/hour or N/day (N >= 1), or off",
             )
         return cls(int(count), seconds)
@@ -107,14 +107,31 @@ class Limits:
     body_timeout_s: float = 30.0
     """A client that takes longer to send its body gets a 408 (slow-body attacks)."""
     max_connections: int = 1024
-    """Concurrent connections; uvicorn answers 503 beyond this."""
+    """Open connections.  When all are taken, a new one evicts the oldest connection that has not
+    sent a complete request (idle or slow); if every connection is busy, it is closed at once."""
+    max_connections_per_client: int = 128
+    """Open connections per client address (0: no cap).  Trusted proxies
+    (``forwarded_allow_ips``) are exempt."""
+    header_timeout_s: float = 10.0
+    """A connection must deliver a complete request head within this many seconds of opening
+    (or of its previous response), else it is closed: idle and slowloris connections."""
+    auth_failures_per_minute: int = 30
+    """Failed authentications per client address per minute; beyond: 429 (and one audit record
+    per address per minute, with a count)."""
 
     def check(self) -> None:
         for name in ("max_body_bytes", "max_texts", "max_chars", "max_tokens", "max_connections"):
             if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be at least 1")
-        if self.body_timeout_s <= 0:
-            raise UsageError("body timeout must be positive")
+                raise UsageError(
+                    f"{name.replace('_', '-')} must be at least 1",
+                    hint=f"pass --{name.replace('_', '-')} with a value of 1 or more",
+                )
+        if self.max_connections_per_client < 0 or self.auth_failures_per_minute < 1:
+            raise UsageError(
+                "max-connections-per-client must be >= 0 and auth-failures-per-minute >= 1"
+            )
+        if self.body_timeout_s <= 0 or self.header_timeout_s <= 0:
+            raise UsageError("body and header timeouts must be positive")
 
 
 @dataclass(frozen=True)
@@ -186,6 +203,13 @@ class TLSSettings:
                 )
 
 
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 class DocsMode(StrEnum):
     ON = "on"
     """/docs, /redoc and /openapi.json are served to holders of a valid key."""
@@ -207,6 +231,10 @@ class ServeConfig:
     allow_unauthenticated: bool = False
     """Escape hatch for local experiments: no key needed (rate limits then apply per client)."""
     rate_limit: RateLimit | None = RateLimit(600, 60.0)
+    token_limit: RateLimit | None = RateLimit(1_000_000, 60.0)
+    """Tokens per key (per client address without keys): a request that finds its key's token
+    bucket empty gets a 429 with Retry-After; the tokens a request used are charged after
+    tokenization, so one key's heavy requests cannot take the whole machine."""
     audit: AuditSettings = AuditSettings()
     tls: TLSSettings | None = None
     limits: Limits = Limits()
@@ -223,7 +251,7 @@ class ServeConfig:
     forwarded_allow_ips: tuple[str, ...] = ()
     """Proxies whose X-Forwarded-For is trusted for the client address (none by default)."""
     access_log: bool = True
-    log_level: str = "info"
+    log_level: LogLevel = field(default_factory=lambda: LogLevel.INFO)
 
     def check(self) -> None:
         """Refuse unsafe or inconsistent combinations before anything starts."""

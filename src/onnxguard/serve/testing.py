@@ -5,7 +5,7 @@
         httpx.post(server.url + "/v1/classify", ...)
 
 It is uvicorn with the same protocol stack as ``onnxguard serve`` (real sockets, real HTTP
-parsing, lifespan, graceful stop), not an in-process transport.
+parsing, the connection guard, lifespan, graceful drain), not an in-process transport.
 """
 
 from __future__ import annotations
@@ -33,7 +33,15 @@ class BackgroundServer:
             "timeout_graceful_shutdown": 10,
             "lifespan": "on",
         } | uvicorn_options
-        self.server = uvicorn.Server(uvicorn.Config(app, host=LOOPBACK, port=port, **options))
+        handles = getattr(getattr(app, "state", None), "onnxguard", None)
+        if handles is not None:  # an onnxguard app: the same server and protocol as `serve`
+            from onnxguard.serve.server import OnnxguardServer, uvicorn_config
+
+            options.pop("log_config", None)
+            config = uvicorn_config(app, handles.config, host=LOOPBACK, port=port, **options)
+            self.server: uvicorn.Server = OnnxguardServer(config, app)
+        else:
+            self.server = uvicorn.Server(uvicorn.Config(app, host=LOOPBACK, port=port, **options))
         self._thread = threading.Thread(
             target=self.server.run, name="onnxguard-test-server", daemon=True
         )

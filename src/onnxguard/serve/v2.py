@@ -23,8 +23,9 @@ all); the response then carries the same header.  Every parse error is a 400 wit
 from __future__ import annotations
 
 import json
+import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from onnxguard import __version__
-from onnxguard.serve._http import ApiError, context_of, error_response, json_response
+from onnxguard.serve._http import ApiError, context_of, error_response, json_response, shown
 from onnxguard.serve.service import Inference, Service
 from onnxguard.tasks import Task
 
@@ -45,6 +46,7 @@ MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
 _HEADER_LENGTH = "inference-header-content-length"
+_DIGITS = re.compile(r"[0-9]{1,15}")
 _REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 _IGNORED_PARAMETERS = {"priority", "timeout", "binary_data_output"}
 _INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
@@ -91,7 +93,7 @@ def _bad(message: str) -> ApiError:
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     """A V2 inference request (JSON, or JSON header + binary tensors) → texts and outputs."""
     if header_length is not None:
-        if not header_length.strip().isdigit():
+        if not _DIGITS.fullmatch(header_length.strip()):
             raise _bad("Inference-Header-Content-Length must be a byte count")
         split = int(header_length)
         if split > len(body):
@@ -103,18 +105,22 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         document = json.loads(head)
     except (ValueError, UnicodeDecodeError):
         raise _bad("request body is not valid JSON") from None
+    except RecursionError:
+        raise _bad("request body is nested too deeply") from None
     if not isinstance(document, dict):
         raise _bad("request must be a JSON object")
     unknown = set(document) - _REQUEST_KEYS
     if unknown:
-        raise _bad(f"unknown request field(s): {', '.join(sorted(unknown))[:200]}")
+        raise _bad(f"unknown request field(s): {_names(unknown)}")
     request_id = document.get("id")
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 256):
-        raise _bad("id must be a string of at most 256 characters")
+    if request_id is not None and (
+        not isinstance(request_id, str) or len(request_id) > 256 or not _is_text(request_id)
+    ):
+        raise _bad("id must be a string of at most 256 characters (valid Unicode)")
     parameters = _parameters(document.get("parameters"), "request")
     unsupported = set(parameters) - _IGNORED_PARAMETERS
     if unsupported:
-        raise _bad(f"unsupported request parameter(s): {', '.join(sorted(unsupported))[:200]}")
+        raise _bad(f"unsupported request parameter(s): {_names(unsupported)}")
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise _bad("binary_data_output must be a boolean")
@@ -126,6 +132,21 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         raise _bad("binary data after the input tensors does not belong to any input")
     outputs = _parse_outputs(document.get("outputs"))
     return InferRequest(request_id, texts, outputs, binary_default)
+
+
+def _names(names: set[str]) -> str:
+    """Client-chosen names for an error message: at most five, each bounded and escaped."""
+    listed = [shown(name, 32) for name in sorted(names)[:5]]
+    return ", ".join(listed) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _is_text(value: str) -> bool:
+    """Valid Unicode (JSON can carry lone surrogates, which cannot be encoded back)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -141,7 +162,7 @@ def _parse_input(tensor: Any, binary: bytes) -> tuple[list[str], int]:
         raise _bad("each input must be an object")
     unknown = set(tensor) - _INPUT_KEYS
     if unknown:
-        raise _bad(f"unknown input field(s): {', '.join(sorted(unknown))[:200]}")
+        raise _bad(f"unknown input field(s): {_names(unknown)}")
     if tensor.get("name") != INPUT_NAME:
         raise _bad(f"the model has one input, '{INPUT_NAME}'")
     if tensor.get("datatype") != "BYTES":
@@ -211,7 +232,7 @@ def _parse_outputs(outputs: Any) -> list[RequestedOutput] | None:
             raise _bad("shared memory is not supported")
         unknown = set(parameters) - {"binary_data", "classification"}
         if unknown:
-            raise _bad(f"unsupported output parameter(s): {', '.join(sorted(unknown))[:200]}")
+            raise _bad(f"unsupported output parameter(s): {_names(unknown)}")
         binary = parameters.get("binary_data", False)
         classes = parameters.get("classification", 0)
         if not isinstance(binary, bool):
@@ -275,7 +296,7 @@ def build_outputs(
     )
     for item in requested:
         if item.name not in specs:
-            raise _bad(f"unknown output {item.name[:64]!r}; the model offers {', '.join(specs)}")
+            raise _bad(f"unknown output {shown(item.name)}; the model offers {', '.join(specs)}")
     count = len(inference.rows)
     values: dict[str, Any] = {}
     if engine.task is Task.TOKEN_CLASSIFICATION:
@@ -300,7 +321,9 @@ def build_outputs(
         value = values[item.name]
         if item.classification:
             if not isinstance(value, np.ndarray):
-                raise _bad(f"classification is only available on FP32 outputs, not {item.name!r}")
+                raise _bad(
+                    f"classification is only available on FP32 outputs, not {shown(item.name)}"
+                )
             tensor = _top_k(engine, item.name, value, item.classification)
         elif isinstance(value, np.ndarray):
             tensor = OutputTensor(item.name, "FP32", list(value.shape), value)
@@ -405,43 +428,65 @@ _INFER_SCHEMA: dict[str, Any] = {
         },
     },
 }
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
 _INFER_OPENAPI: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": _INFER_SCHEMA}}},
 }
 
 
-def make_router(service: Service) -> APIRouter:
-    """The V2 routes, bound to ``service``."""
-    router = APIRouter(tags=["Open Inference Protocol (V2)"])
+_V2_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    for status, text in (
+        (400, "Malformed request (JSON, tensors, parameters)"),
+        (401, "Missing or invalid API key"),
+        (403, "The key lacks the scope"),
+        (404, "Unknown model or version"),
+        (413, "Body or input over a limit"),
+        (415, "Unsupported Content-Encoding"),
+        (429, "Rate limit or token budget exceeded"),
+        (503, "Not ready, overloaded or shutting down"),
+        (504, "Timed out in the queue"),
+    )
+}
 
-    def engine_for(model_name: str, version: str | None = None) -> Engine:
+
+class _V2Routes:
+    """The V2 handlers, bound to the service (one small method per route)."""
+
+    def __init__(self, service: Service, is_ready: Callable[[], bool]) -> None:
+        self.service = service
+        self.is_ready = is_ready
+
+    def engine_for(self, model_name: str, version: str | None = None) -> Engine:
+        service = self.service
         engine = service.engine  # 503 until ready
         if model_name != service.model_name or version not in (None, MODEL_VERSION):
-            shown = model_name[:64] + (f" version {version[:16]}" if version else "")
-            raise ApiError(404, f"unknown model {shown!r}")
+            suffix = f" version {shown(version, 16)}" if version else ""
+            raise ApiError(404, f"unknown model {shown(model_name)}{suffix}")
         return engine
 
-    @router.get("/v2", summary="Server metadata")
-    async def server_metadata() -> Response:
+    async def server_metadata(self) -> Response:
         return json_response(
             {"name": "onnxguard", "version": __version__, "extensions": EXTENSIONS}
         )
 
-    @router.get("/v2/health/live", summary="Liveness (no key needed)")
-    async def live() -> Response:
+    async def live(self) -> Response:
         return json_response({"live": True})
 
-    @router.get("/v2/health/ready", summary="Readiness: verified and warmed up (no key needed)")
-    async def ready() -> Response:
-        if service.ready:
+    async def ready(self) -> Response:
+        if self.is_ready():
             return json_response({"ready": True})
-        return error_response(503, "model not ready", {"Retry-After": "1"})
+        return error_response(503, "not ready", {"Retry-After": "1"})
 
-    def metadata(model_name: str, version: str | None) -> Response:
-        engine = engine_for(model_name, version)
+    def metadata(self, model_name: str, version: str | None) -> Response:
+        engine = self.engine_for(model_name, version)
         return json_response(
             {
-                "name": service.model_name,
+                "name": self.service.model_name,
                 "versions": [MODEL_VERSION],
                 "platform": PLATFORM,
                 "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
@@ -449,42 +494,17 @@ def make_router(service: Service) -> APIRouter:
             }
         )
 
-    def model_ready(model_name: str, version: str | None) -> Response:
-        engine_for(model_name, version)
-        return json_response({"name": service.model_name, "ready": True})
+    def model_ready(self, model_name: str, version: str | None) -> Response:
+        self.engine_for(model_name, version)
+        return json_response({"name": self.service.model_name, "ready": True})
 
-    def config(model_name: str, version: str | None) -> Response:
-        engine = engine_for(model_name, version)
-        settings = service.config.batching
-        return json_response(
-            {
-                "name": service.model_name,
-                "platform": PLATFORM,
-                "backend": "onnxruntime",
-                "max_batch_size": 0,
-                "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
-                "output": [
-                    {
-                        "name": spec.name,
-                        "data_type": _triton_type(spec.datatype),
-                        "dims": spec.shape,
-                    }
-                    for spec in output_specs(engine)
-                ],
-                "dynamic_batching": {
-                    "max_queue_delay_microseconds": int(settings.max_wait_ms * 1000),
-                    "preferred_batch_size": [settings.max_batch],
-                },
-                "parameters": {
-                    "task": {"string_value": engine.task.value},
-                    "max_length": {"string_value": str(engine.max_length)},
-                    "bundle_digest": {"string_value": engine.digest},
-                },
-            }
-        )
+    def config(self, model_name: str, version: str | None) -> Response:
+        engine = self.engine_for(model_name, version)
+        return json_response(triton_config(self.service, engine))
 
-    async def infer(request: Request, model_name: str, version: str | None) -> Response:
-        engine = engine_for(model_name, version)
+    async def infer(self, request: Request, model_name: str, version: str | None) -> Response:
+        service = self.service
+        engine = self.engine_for(model_name, version)
         body = await request.body()
         parsed = parse_infer_request(body, request.headers.get(_HEADER_LENGTH))
         inference = await service.infer(parsed.texts, context_of(request.scope))
@@ -504,42 +524,105 @@ def make_router(service: Service) -> APIRouter:
             headers={"Inference-Header-Content-Length": str(header_length)},
         )
 
-    # Each route twice: without and with /versions/{model_version} (tritonclient uses both).
-    async def get_metadata(model_name: str) -> Response:
-        return metadata(model_name, None)
+    # Each model route twice: without and with /versions/{model_version} (tritonclient uses both).
+    async def get_metadata(self, model_name: str) -> Response:
+        return self.metadata(model_name, None)
 
-    async def get_metadata_v(model_name: str, model_version: str) -> Response:
-        return metadata(model_name, model_version)
+    async def get_metadata_v(self, model_name: str, model_version: str) -> Response:
+        return self.metadata(model_name, model_version)
 
-    async def get_ready(model_name: str) -> Response:
-        return model_ready(model_name, None)
+    async def get_ready(self, model_name: str) -> Response:
+        return self.model_ready(model_name, None)
 
-    async def get_ready_v(model_name: str, model_version: str) -> Response:
-        return model_ready(model_name, model_version)
+    async def get_ready_v(self, model_name: str, model_version: str) -> Response:
+        return self.model_ready(model_name, model_version)
 
-    async def get_config(model_name: str) -> Response:
-        return config(model_name, None)
+    async def get_config(self, model_name: str) -> Response:
+        return self.config(model_name, None)
 
-    async def get_config_v(model_name: str, model_version: str) -> Response:
-        return config(model_name, model_version)
+    async def get_config_v(self, model_name: str, model_version: str) -> Response:
+        return self.config(model_name, model_version)
 
-    async def post_infer(request: Request, model_name: str) -> Response:
-        return await infer(request, model_name, None)
+    async def post_infer(self, request: Request, model_name: str) -> Response:
+        return await self.infer(request, model_name, None)
 
-    async def post_infer_v(request: Request, model_name: str, model_version: str) -> Response:
-        return await infer(request, model_name, model_version)
+    async def post_infer_v(self, request: Request, model_name: str, model_version: str) -> Response:
+        return await self.infer(request, model_name, model_version)
 
+
+def triton_config(service: Service, engine: Engine) -> dict[str, Any]:
+    """The model's configuration in Triton's format."""
+    settings = service.config.batching
+    return {
+        "name": service.model_name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "max_batch_size": 0,
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
+        "output": [
+            {"name": spec.name, "data_type": _triton_type(spec.datatype), "dims": spec.shape}
+            for spec in output_specs(engine)
+        ],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": int(settings.max_wait_ms * 1000),
+            "preferred_batch_size": [settings.max_batch],
+        },
+        "parameters": {
+            "task": {"string_value": engine.task.value},
+            "max_length": {"string_value": str(engine.max_length)},
+            "bundle_digest": {"string_value": engine.digest},
+        },
+    }
+
+
+def make_router(service: Service, is_ready: Callable[[], bool] | None = None) -> APIRouter:
+    """The V2 routes, bound to ``service``; ``is_ready`` answers readiness (default: the
+    model is loaded)."""
+    routes = _V2Routes(service, is_ready or (lambda: service.ready))
+    router = APIRouter(tags=["Open Inference Protocol (V2)"])
+    router.add_api_route(
+        "/v2",
+        routes.server_metadata,
+        methods=["GET"],
+        summary="Server metadata",
+        responses=_V2_ERRORS,
+    )
+    router.add_api_route(
+        "/v2/health/live", routes.live, methods=["GET"], summary="Liveness (no key needed)"
+    )
+    router.add_api_route(
+        "/v2/health/ready",
+        routes.ready,
+        methods=["GET"],
+        summary="Readiness: verified, warmed up, audit log writable (no key needed)",
+        responses={503: _V2_ERRORS[503]},
+    )
+    _add_model_routes(router, routes)
+    return router
+
+
+def _add_model_routes(router: APIRouter, routes: _V2Routes) -> None:
     base = "/v2/models/{model_name}"
     versioned = base + "/versions/{model_version}"
     for prefix, handlers in (
-        (base, (get_metadata, get_ready, get_config, post_infer)),
-        (versioned, (get_metadata_v, get_ready_v, get_config_v, post_infer_v)),
+        (base, (routes.get_metadata, routes.get_ready, routes.get_config, routes.post_infer)),
+        (
+            versioned,
+            (routes.get_metadata_v, routes.get_ready_v, routes.get_config_v, routes.post_infer_v),
+        ),
     ):
         meta, rdy, cfg, inf = handlers
-        router.add_api_route(prefix, meta, methods=["GET"], summary="Model metadata")
-        router.add_api_route(prefix + "/ready", rdy, methods=["GET"], summary="Model readiness")
+        common: dict[str, Any] = {"responses": _V2_ERRORS}
+        router.add_api_route(prefix, meta, methods=["GET"], summary="Model metadata", **common)
         router.add_api_route(
-            prefix + "/config", cfg, methods=["GET"], summary="Model configuration (Triton format)"
+            prefix + "/ready", rdy, methods=["GET"], summary="Model readiness", **common
+        )
+        router.add_api_route(
+            prefix + "/config",
+            cfg,
+            methods=["GET"],
+            summary="Model configuration (Triton format)",
+            **common,
         )
         router.add_api_route(
             prefix + "/infer",
@@ -547,8 +630,8 @@ def make_router(service: Service) -> APIRouter:
             methods=["POST"],
             summary="Inference",
             openapi_extra=_INFER_OPENAPI,
+            **common,
         )
-    return router
 
 
 def _triton_type(datatype: str) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -161,25 +163,31 @@ def test_async_appends_are_grouped_and_all_durable(tmp_path: Path) -> None:
     assert verify_chain(path).ok
 
 
-def test_a_failed_write_fails_closed(tmp_path: Path) -> None:
+def test_a_failed_write_fails_closed_and_leaves_no_phantom_record(tmp_path: Path) -> None:
+    """ENOSPC after part of a record reached the file: the partial bytes are cut off, nothing
+    refused is written later (not even at close), and the chain still verifies."""
     path = tmp_path / "audit.log"
     log = AuditLog(path)
     log.open()
+    log.append_sync({"request_id": "served"})
+    good_size = path.stat().st_size
 
-    class Broken:
-        def write(self, data: bytes) -> None:
-            raise OSError(28, "No space left on device")
+    def disk_full(fd: int, data: bytes | memoryview) -> int:
+        os.write(fd, bytes(data[:10]))  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def close(self) -> None:
-            pass
-
-    log._handle = Broken()
+    log._write = disk_full
     with pytest.raises(AuditLogError, match="No space"):
-        log.append_sync({"request_id": "x"})
+        log.append_sync({"request_id": "refused-1"})
     assert not log.healthy
+    log._write = os.write  # the disk has room again: still nothing is written
     with pytest.raises(AuditLogError, match="failed earlier"):
-        log.append_sync({"request_id": "y"})
+        log.append_sync({"request_id": "refused-2"})
     log.close()
+    assert path.stat().st_size == good_size
+    text = path.read_text()
+    assert "refused" not in text and '"served"' in text
+    assert verify_chain(path).ok
 
 
 def test_hash_inputs_is_length_prefixed() -> None:

@@ -1,4 +1,4 @@
-"""The guard's pure parts: route classes, and bounded gzip/deflate decoding."""
+"""The guard's pure parts: route classes, and gzip/deflate decoding bounded in bytes and members."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import zlib
 
 import pytest
 
-from onnxguard.serve._guard import _decode, classify
+from onnxguard.serve._codec import MAX_MEMBERS
+from onnxguard.serve._codec import decode_body as _decode
+from onnxguard.serve._guard import classify
 from onnxguard.serve._http import ApiError
 from onnxguard.serve.settings import DocsMode
 
@@ -84,3 +86,13 @@ def test_bad_encodings(body: bytes, coding: str, status: int) -> None:
     with pytest.raises(ApiError) as caught:
         _decode(body, coding, LIMIT)
     assert caught.value.status == status
+
+
+def test_a_body_of_empty_gzip_members_is_refused_after_the_member_cap() -> None:
+    """50,000 empty members (under 1 MiB) once cost a second of event-loop time each."""
+    body = gzip.compress(b"") * 50_000
+    with pytest.raises(ApiError) as caught:
+        _decode(body, "gzip", 1024 * 1024)
+    assert caught.value.status == 400 and "member" in caught.value.message
+    allowed = gzip.compress(b"ab") * MAX_MEMBERS
+    assert _decode(allowed, "gzip", LIMIT) == b"ab" * MAX_MEMBERS
