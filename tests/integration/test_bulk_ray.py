@@ -7,7 +7,7 @@ input order, and the actor pool spans both nodes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +16,10 @@ import pytest
 from onnxguard.bulk import BulkConfig, run_bulk
 
 pytestmark = pytest.mark.slow
-ray = pytest.importorskip("ray", reason="the ray extra is part of requirements.lock")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
-                                                          "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
 
 
 def test_bulk_over_two_nodes_equals_in_process(
-    cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
+    ray_cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     bundle = tiny_bundle_factory("bert", "text-classification", "none")
     texts = [f"review number {i}: " + "good " * (i % 13) + "bad " * (i % 5) for i in range(300)]
@@ -59,7 +44,7 @@ def test_bulk_over_two_nodes_equals_in_process(
 
 
 def test_tampered_bundle_fails_on_the_actors(
-    cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
+    ray_cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     import shutil
 

@@ -41,10 +41,9 @@ from onnxguard.serve._http import (
     error_body,
     outcome_for,
 )
-from onnxguard.serve.audit import AuditLog
+from onnxguard.serve._shared import AuditSink, Limiter
 from onnxguard.serve.auth import SCOPE_INFER, SCOPE_METRICS, SCOPES, KeyStore, Principal
 from onnxguard.serve.metrics import ServeMetrics
-from onnxguard.serve.ratelimit import RateLimiter
 from onnxguard.serve.settings import DocsMode, ServeConfig
 
 log = logging.getLogger("onnxguard.serve")
@@ -108,8 +107,8 @@ class Guard:
         *,
         config: ServeConfig,
         keys: KeyStore | None,
-        limiter: RateLimiter | None,
-        audit: AuditLog | None,
+        limiter: Limiter | None,
+        audit: AuditSink | None,
         metrics: ServeMetrics,
         model_info: Callable[[], tuple[str | None, str | None]],
         state: ServeState,

@@ -18,7 +18,7 @@ import copy
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from onnxguard.errors import AuditLogError
 from onnxguard.serve._authfail import AuthFailures
 from onnxguard.serve._guard import Guard
 from onnxguard.serve._http import ApiError, ServeState, context_of, error_response, json_response
+from onnxguard.serve._shared import AuditSink, Limiter, SharedState
 from onnxguard.serve.audit import AuditLog
 from onnxguard.serve.auth import KeyStore
 from onnxguard.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -120,14 +121,17 @@ class ServerHandles:
     service: Service
     metrics: ServeMetrics
     keys: KeyStore | None
-    audit: AuditLog | None
+    audit: AuditSink | None
     state: ServeState
     auth_failures: AuthFailures
+    shared: SharedState = field(default_factory=SharedState)
 
     @property
     def ready(self) -> bool:
-        """Serving: the model is ready and the audit log (when there is one) is writable."""
-        return self.service.ready and (self.audit is None or self.audit.healthy)
+        """Serving: the model is ready and the audit log (when there is one) is writable; with
+        replicas, every replica is ready too."""
+        local = self.service.ready and (self.audit is None or self.audit.healthy)
+        return self.shared.ready(local) if self.shared.ready is not None else local
 
     def drain(self) -> None:
         """SIGTERM: answer with ``Connection: close``, run queued texts without waiting."""
@@ -141,16 +145,22 @@ def create_app(
     keys: KeyStore | None = None,
     loader: EngineLoader | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
+    shared: SharedState | None = None,
 ) -> FastAPI:
     """Build the app.  The bundle is verified and loaded after the server starts (readiness
-    follows); a failure calls ``on_fatal`` (the CLI stops the server with the error)."""
+    follows); a failure calls ``on_fatal`` (the CLI stops the server with the error).
+    ``shared`` replaces the local rate limits, audit log, readiness and metrics with ones that
+    several replicas share (``serve --ray``)."""
     config.check()
     if keys is None and config.api_keys_file is not None:
         keys = KeyStore.from_file(config.api_keys_file)
+    shared = shared or SharedState()
     metrics = ServeMetrics()
-    service = Service(config, metrics, loader or default_loader(config))
-    limiter = RateLimiter(config.rate_limit) if config.rate_limit is not None else None
-    audit = _audit_log(config)
+    service = Service(config, metrics, loader or default_loader(config), tokens=shared.tokens)
+    limiter: Limiter | None = shared.limiter
+    if limiter is None and config.rate_limit is not None:
+        limiter = RateLimiter(config.rate_limit)
+    audit: AuditSink | None = shared.audit or _audit_log(config)
     auth_failures = AuthFailures(config.limits.auth_failures_per_minute)
 
     def fatal(exc: BaseException) -> None:
@@ -199,10 +209,12 @@ def create_app(
         redirect_slashes=False,
         telemetry=_TELEMETRY_OFF,
     )
-    handles = ServerHandles(config, service, metrics, keys, audit, ServeState(), auth_failures)
+    handles = ServerHandles(
+        config, service, metrics, keys, audit, ServeState(), auth_failures, shared
+    )
     app.state.onnxguard = handles
     _install_error_handlers(app)
-    _add_v1_routes(app, service, metrics)
+    _add_v1_routes(app, service, metrics, shared)
     app.include_router(make_router(service, lambda: handles.ready))
     _openapi_for_the_task(app, service)
 
@@ -275,7 +287,9 @@ def _openapi_for_the_task(app: FastAPI, service: Service) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> None:
+def _add_v1_routes(
+    app: FastAPI, service: Service, metrics: ServeMetrics, shared: SharedState
+) -> None:
     @app.post(
         "/v1/classify",
         tags=["v1"],
@@ -330,7 +344,11 @@ def _add_v1_routes(app: FastAPI, service: Service, metrics: ServeMetrics) -> Non
         responses={200: {"content": {"text/plain": {}}}},
     )
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        local = metrics.render()
+        if shared.metrics is None:
+            return Response(local, media_type=CONTENT_TYPE)
+        combined = await asyncio.to_thread(shared.metrics, local)
+        return Response(combined, media_type=CONTENT_TYPE)
 
 
 # The body is parsed and validated by pydantic-core in one pass (``validate_json``) rather than

@@ -35,6 +35,7 @@ from onnxguard.tasks import Task
 
 if TYPE_CHECKING:
     from onnxguard.runtime import Engine
+    from onnxguard.serve._shared import Limiter
 
 log = logging.getLogger("onnxguard.serve")
 
@@ -78,7 +79,13 @@ class Inference:
 class Service:
     """The engine, the tokenizer pool and the batcher, and whether they are ready."""
 
-    def __init__(self, config: ServeConfig, metrics: ServeMetrics, loader: EngineLoader) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        metrics: ServeMetrics,
+        loader: EngineLoader,
+        tokens: Limiter | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self._loader = loader
@@ -88,7 +95,9 @@ class Service:
         self._stopped = False
         self._lock = threading.Lock()
         self.load_seconds: float | None = None
-        self.tokens = RateLimiter(config.token_limit) if config.token_limit is not None else None
+        self.tokens: Limiter | None = tokens
+        if tokens is None and config.token_limit is not None:
+            self.tokens = RateLimiter(config.token_limit)
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
