@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from onnxguard.bulk import BulkConfig, PartStore, Row
 
 
+_POOL_START_TIMEOUT_S = 600
+
+
 class BundleActor:
     """One verified Engine per actor; called with a block of rows, returns their predictions."""
 
@@ -79,6 +82,9 @@ def _stream(ray: Any, config: BulkConfig, parts: dict[int, list[Row]], store: Pa
     by_index = {(part, i): row for part, rows in parts.items() for i, row in enumerate(rows)}
     items = [{"part": part, "row": i, "text": row.text} for (part, i), row in by_index.items()]
     block_rows = max(1, min(config.part_size, 1024))
+    # Start (verify and load) the whole actor pool before the first block goes out, so the
+    # work spreads over every actor instead of the first one that happens to be ready.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = _POOL_START_TIMEOUT_S
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // block_rows))
     predicted = dataset.map_batches(
         BundleActor,

@@ -18,6 +18,18 @@ from onnxguard.bulk import BulkConfig, run_bulk
 pytestmark = pytest.mark.slow
 
 
+def _wait_for_free_cpus(count: float) -> None:
+    """Actors of an earlier test (e.g. Serve replicas) may still be releasing their CPUs."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + 120
+    while ray.available_resources().get("CPU", 0) < count:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.5)
+
+
 def test_bulk_over_two_nodes_equals_in_process(
     ray_cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -29,6 +41,7 @@ def test_bulk_over_two_nodes_equals_in_process(
     local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     run_bulk(BulkConfig(bundle=bundle, input=source, output=local, part_size=64),
              progress=lambda _: None)
+    _wait_for_free_cpus(2)
     lines: list[str] = []
     result = run_bulk(BulkConfig(bundle=bundle, input=source, output=remote, part_size=64,
                                  use_ray=True, actors=2, threads=1), progress=lines.append)
