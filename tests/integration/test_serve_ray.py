@@ -8,11 +8,13 @@ fails the deployment with a clear error.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from onnxguard.serve.settings import AuditSettings, BatchSettings, RateLimit, Se
 pytestmark = pytest.mark.slow
 
 TEXTS = ["a good movie", "the worst film ever", "slow and boring plot", "great acting"]
-LIMIT = 12
+LIMIT = 40  # per key per hour: the client key spends ~35 in the first two tests
 
 
 def _free_port() -> int:
@@ -38,13 +40,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Deployed:
+    url: str
+    client_key: str
+    limited_key: str
+    config: ServeConfig
+    service: RayService
+
+
 @pytest.fixture(scope="module")
 def deployed(ray_cluster: Any, tiny_bundle_factory: Callable[..., Path],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, ServeConfig]]:
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     tmp = tmp_path_factory.mktemp("ray-serve")
-    secret = generate_secret()
+    client, limited = generate_secret(), generate_secret()
     keys = tmp / "keys.txt"
-    keys.write_text(key_line("client", secret, ["infer", "metrics"]) + "\n")
+    keys.write_text(key_line("client", client, ["infer", "metrics"]) + "\n"
+                    + key_line("limited", limited) + "\n")
     keys.chmod(0o600)
     config = ServeConfig(
         bundle=tiny_bundle_factory("bert", "text-classification", "none"),
@@ -58,7 +70,7 @@ def deployed(ray_cluster: Any, tiny_bundle_factory: Callable[..., Path],
     service = RayService(config, RayOptions(replicas=2, cpus_per_replica=1.0))
     url = service.start()
     assert service.wait_ready(120), "both replicas should verify and report ready"
-    yield url, secret, config
+    yield Deployed(url, client, limited, config, service)
     service.stop()
 
 
@@ -71,62 +83,97 @@ def _wait_ready(client: httpx.Client, url: str) -> None:
     raise AssertionError("readiness never answered 200")
 
 
-def test_replicas_serve_share_limits_and_one_audit_chain(
-    deployed: tuple[str, str, ServeConfig], tiny_bundle_factory: Callable[..., Path]
-) -> None:
-    url, secret, config = deployed
-    headers = {"Authorization": f"Bearer {secret}"}
-    expected = Engine.from_bundle(config.bundle).predict(TEXTS)
-    with httpx.Client(timeout=30) as client:
-        _wait_ready(client, url)
-        assert client.post(url + "/v1/classify", json={"texts": TEXTS}).status_code == 401
-
-        def call(_: int) -> httpx.Response:
-            return client.post(url + "/v1/classify", json={"texts": TEXTS}, headers=headers)
-
-        with ThreadPoolExecutor(6) as pool:  # concurrent, so both replicas get requests
-            responses = list(pool.map(call, range(LIMIT + 6)))
-        statuses = [r.status_code for r in responses]
-        # One bucket for the key across both replicas: exactly LIMIT requests pass.
-        assert statuses.count(200) == LIMIT and statuses.count(429) == 6, statuses
-        for response in responses:
-            if response.status_code == 200:
-                labels = [r["label"] for r in response.json()["results"]]
-                assert labels == [e["label"] for e in expected]
-        time.sleep(2.5)  # replicas report their metrics to the hub every second
-        metrics = client.get(url + "/metrics", headers=headers)
-    assert metrics.status_code in (200, 429)
-    report = verify_chain(config.audit.path)  # type: ignore[arg-type]
-    assert report.ok, report.to_dict()
-    records = [line for line in config.audit.path.read_text().splitlines()  # type: ignore[union-attr]
-               if '"type":"request"' in line.replace(" ", "")]
-    assert len(records) >= LIMIT + 6
+def _classify_many(url: str, key: str, count: int) -> list[httpx.Response]:
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(6) as pool:
+        return list(pool.map(
+            lambda _: client.post(url + "/v1/classify", json={"texts": TEXTS}, headers=headers),
+            range(count)))
 
 
-def test_metrics_show_both_replicas(deployed: tuple[str, str, ServeConfig]) -> None:
-    """The hub holds every replica's metrics (the key's bucket is spent by the test above)."""
+def _requests_per_replica() -> list[float]:
     import ray
 
     hub = ray.get_actor("onnxguard-hub", namespace="onnxguard")
+    time.sleep(2.5)  # replicas report their metrics to the hub every second
     snapshots = ray.get(hub.metrics.remote())
-    assert len(snapshots) == 2
-    served = sum(
-        float(line.rsplit(" ", 1)[1])
-        for data in snapshots.values()
-        for line in data.decode().splitlines()
-        if line.startswith("onnxguard_requests_total{") and 'status="200"' in line
-    )
-    per_replica = [
+    return [
         sum(float(line.rsplit(" ", 1)[1]) for line in data.decode().splitlines()
             if line.startswith("onnxguard_requests_total{") and 'endpoint="/v1/classify"' in line)
         for data in snapshots.values()
     ]
-    assert served >= LIMIT - 1
-    assert all(count > 0 for count in per_replica), "requests should reach both replicas"
-    merged = merge_metrics(snapshots).decode()
-    assert merged.count("# HELP onnxguard_requests_total") == 1
-    assert len({line.split('replica="', 1)[1].split('"', 1)[0]
-                for line in merged.splitlines() if 'replica="' in line}) == 2
+
+
+def test_both_replicas_serve_the_engines_answers(deployed: Deployed) -> None:
+    expected = Engine.from_bundle(deployed.config.bundle).predict(TEXTS)
+    with httpx.Client(timeout=30) as client:
+        _wait_ready(client, deployed.url)
+        assert client.post(deployed.url + "/v1/classify",
+                           json={"texts": TEXTS}).status_code == 401
+    responses = _classify_many(deployed.url, deployed.client_key, 16)
+    assert [r.status_code for r in responses] == [200] * 16
+    for response in responses:
+        assert [r["label"] for r in response.json()["results"]] == [e["label"] for e in expected]
+    per_replica = _requests_per_replica()
+    assert len(per_replica) == 2 and all(n > 0 for n in per_replica), per_replica
+    with httpx.Client(timeout=30) as client:
+        text = client.get(deployed.url + "/metrics",
+                          headers={"Authorization": f"Bearer {deployed.client_key}"}).text
+    replicas = {line.split('replica="', 1)[1].split('"', 1)[0]
+                for line in text.splitlines() if 'replica="' in line}
+    assert len(replicas) == 2 and text.count("# HELP onnxguard_requests_total") == 1
+
+
+def test_a_killed_replica_is_replaced(deployed: Deployed) -> None:
+    import ray
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::onnxguard#onnxguard#")]
+    assert len(replicas) == 2
+    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+    with ThreadPoolExecutor(1) as pool:
+        load = pool.submit(_classify_many, deployed.url, deployed.client_key, 12)
+        ray.kill(victim, no_restart=True)
+        during = [r.status_code for r in load.result()]
+    assert during.count(200) >= 6, during  # requests on the killed replica may fail
+
+    def replica_names() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::onnxguard#onnxguard#")}
+
+    deadline = time.monotonic() + 120
+    while len(replica_names() - {replicas[0]["name"]}) < 2:
+        assert time.monotonic() < deadline, "Ray Serve should start a replacement replica"
+        time.sleep(0.5)
+    time.sleep(3.5)  # the killed replica's last report goes stale
+    assert deployed.service.wait_ready(120), "the new replica should verify and report ready"
+    after = [r.status_code for r in _classify_many(deployed.url, deployed.client_key, 6)]
+    assert after == [200] * 6
+
+
+def test_rate_limit_is_global_and_one_audit_chain_verifies(deployed: Deployed) -> None:
+    statuses = [r.status_code for r in _classify_many(deployed.url, deployed.limited_key,
+                                                      LIMIT + 6)]
+    # One bucket for the key across both replicas: exactly LIMIT requests pass.
+    assert statuses.count(200) == LIMIT and statuses.count(429) == 6, statuses
+    audit = deployed.config.audit.path
+    assert audit is not None
+    report = verify_chain(audit)
+    assert report.ok, report.to_dict()
+    requests = [json.loads(line) for line in audit.read_text().splitlines()
+                if json.loads(line).get("type") == "request"]
+    assert sum(r.get("key_id") == "limited" for r in requests) == LIMIT + 6
+
+
+def test_merge_metrics_labels_every_sample() -> None:
+    merged = merge_metrics({
+        "a": b"# HELP x_total X.\n# TYPE x_total counter\nx_total{k=\"1\"} 2.0\ny 1.0\n",
+        "b": b"# HELP x_total X.\n# TYPE x_total counter\nx_total{k=\"1\"} 3.0\n",
+    }).decode()
+    assert merged.splitlines() == [
+        "# HELP x_total X.", "# TYPE x_total counter",
+        'x_total{replica="a",k="1"} 2.0', 'y{replica="a"} 1.0', 'x_total{replica="b",k="1"} 3.0',
+    ]
 
 
 def test_tampered_bundle_fails_the_deployment(

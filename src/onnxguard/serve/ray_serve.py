@@ -43,7 +43,7 @@ log = logging.getLogger("onnxguard.serve")
 NAMESPACE = "onnxguard"
 _CALL_TIMEOUT_S = 5.0
 _REPORT_EVERY_S = 1.0
-_REPLICA_STALE_S = 10.0
+_REPLICA_STALE_S = 3.0  # three missed reports: a dead replica stops counting as ready
 
 
 @dataclass(frozen=True)
