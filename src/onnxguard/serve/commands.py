@@ -88,7 +88,7 @@ def serve_command(
     max_body: str = typer.Option(
         "1MiB", "--max-body", help="Request body limit, also after gzip/deflate decoding."
     ),
-    max_texts: int = typer.Option(64, "--max-texts", min=1, help="Texts per request."),
+    max_texts: int = typer.Option(64, "--max-texts", help="Texts per request (at least 1)."),
     max_chars: int = typer.Option(20_000, "--max-chars", help="Characters per text."),
     max_tokens: int = typer.Option(16_384, "--max-tokens", help="Tokens per request."),
     body_timeout: float = typer.Option(30.0, help="Seconds a client may take to send its body."),
