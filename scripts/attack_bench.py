@@ -8,7 +8,8 @@ runs a second legitimate round under attack, and stops the attack.  It prints, p
 legitimate texts/s and p99 without and with the attack, their ratio (target: >= 80%), what the
 attacker got back, and how much the audit log grew.
 
-Attacks (each from its own process, loopback only):
+Attacks (each from its own process and its own loopback addresses, as an outside attacker would
+be; the legitimate client is 127.0.0.1):
   gzip       bodies of 50,000 empty gzip members to /v2/health/live and /v1/classify, no key
   idle       1,100 idle TCP connections from 110 loopback addresses, reopened when closed
   slowloris  200 connections sending a request head one byte per second
@@ -131,11 +132,17 @@ async def legit_round(port: int, key: str, texts: list[str], clients: int, secon
 
 # --- attackers (run in a child process: `--attacker NAME`) -------------------------------------
 async def _loop_requests(
-    port: int, path: str, body: bytes, headers: dict[str, str], pause: float, got: Counter[str]
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    pause: float,
+    got: Counter[str],
+    source: str,
 ) -> None:
     while True:
         try:
-            reader, writer = await asyncio.open_connection(HOST, port)
+            reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
         except OSError:
             got["connect_error"] += 1
             await asyncio.sleep(0.1)
@@ -171,11 +178,11 @@ async def _hold_idle(port: int, source: str, got: Counter[str]) -> None:
             writer.close()
 
 
-async def _slowloris(port: int, got: Counter[str]) -> None:
+async def _slowloris(port: int, got: Counter[str], source: str) -> None:
     head = f"GET /v2/health/live HTTP/1.1\r\nHost: {HOST}\r\nX-Padding: {'a' * 200}\r\n\r\n"
     while True:
         try:
-            reader, writer = await asyncio.open_connection(HOST, port)
+            reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
         except OSError:
             got["connect_error"] += 1
             await asyncio.sleep(0.5)
@@ -202,7 +209,7 @@ async def attack(name: str, port: int, key: str, seconds: float) -> Counter[str]
         body = gzip.compress(b"") * 50_000
         coded = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
         tasks += [
-            asyncio.ensure_future(_loop_requests(port, path, body, coded, 0.2, got))
+            asyncio.ensure_future(_loop_requests(port, path, body, coded, 0.2, got, "127.0.1.1"))
             for path in ("/v2/health/live", "/v1/classify")
         ]
     elif name == "idle":
@@ -213,21 +220,28 @@ async def attack(name: str, port: int, key: str, seconds: float) -> Counter[str]
             for i in range(1_100)
         ]
     elif name == "slowloris":
-        tasks += [asyncio.ensure_future(_slowloris(port, got)) for _ in range(200)]
+        tasks += [
+            asyncio.ensure_future(_slowloris(port, got, f"127.0.2.{1 + i // 20}"))
+            for i in range(200)
+        ]
     elif name == "badkey":
         body = json.dumps({"texts": ["x"]}).encode()
         for _ in range(2):
             bad = {"Authorization": f"Bearer ogk_{secrets.token_urlsafe(32)}"}
             bad["Content-Type"] = "application/json"
             tasks.append(
-                asyncio.ensure_future(_loop_requests(port, "/v1/classify", body, bad, 0.005, got))
+                asyncio.ensure_future(
+                    _loop_requests(port, "/v1/classify", body, bad, 0.005, got, "127.0.3.1")
+                )
             )
     elif name == "heavy":
         texts = [" ".join(["word"] * 126)] * 64
         body = json.dumps({"texts": texts}).encode()
         heavy = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         tasks += [
-            asyncio.ensure_future(_loop_requests(port, "/v1/classify", body, heavy, 0.05, got))
+            asyncio.ensure_future(
+                _loop_requests(port, "/v1/classify", body, heavy, 0.05, got, "127.0.4.1")
+            )
             for _ in range(4)
         ]
     await asyncio.sleep(seconds)
