@@ -1,17 +1,19 @@
 """Attack benchmark for `onnxguard serve` (not a test): a legitimate client's throughput and p99
 with and without each outside attack running.
 
-Starts `onnxguard serve BUNDLE` on 127.0.0.1 (fresh keys, an fsynced audit log, default limits
-unless --serve-arg says otherwise), then for each attack runs a legitimate round (SST-2
-sentences, one per request, a few keep-alive clients), starts the attack in its own process,
-runs a second legitimate round under attack, and stops the attack.  It prints, per attack, the
-legitimate texts/s and p99 without and with the attack, their ratio (target: >= 80%), what the
-attacker got back, and how much the audit log grew.
+Starts `onnxguard serve BUNDLE` on 127.0.0.1 (a fresh key per legitimate client, an fsynced
+audit log, default limits unless --serve-arg says otherwise), then for each attack runs a
+legitimate round (SST-2 sentences, one per request, a few keep-alive clients), starts the attack
+in its own process, runs a second legitimate round under attack, and stops the attack.  It
+prints, per attack, the legitimate requests/s and p99 without and with the attack, their ratio
+(target: >= 80%), what the attacker got back, how much the audit log grew, and the server's CPU
+seconds in each round.
 
 Attacks (each from its own process and its own loopback addresses, as an outside attacker would
 be; the legitimate client is 127.0.0.1):
   gzip       bodies of 50,000 empty gzip members to /v2/health/live and /v1/classify, no key
-  idle       1,100 idle TCP connections from 110 loopback addresses, reopened when closed
+  idle       1,100 idle TCP connections from 110 loopback addresses, reopened 1 s after the
+             server closes one
   slowloris  200 connections sending a request head one byte per second
   badkey     a flood of requests with invalid keys
   heavy      a second valid key sending 64 texts x ~128 tokens per request, 4 at a time
@@ -87,8 +89,9 @@ async def request(
     return int(status_line.split()[1])
 
 
-async def legit_round(port: int, key: str, texts: list[str], clients: int, seconds: float) -> Round:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+async def legit_round(
+    port: int, keys: list[str], texts: list[str], clients: int, seconds: float
+) -> Round:
     bodies = [json.dumps({"texts": [t]}).encode() for t in texts]
     latencies: list[float] = []
     errors = 0
@@ -97,6 +100,8 @@ async def legit_round(port: int, key: str, texts: list[str], clients: int, secon
     async def client(offset: int) -> None:
         nonlocal errors
         index = offset
+        key = keys[offset % len(keys)]
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
             while time.perf_counter() < deadline:
@@ -161,7 +166,11 @@ async def _loop_requests(
 
 
 async def _hold_idle(port: int, source: str, got: Counter[str]) -> None:
+    first = True
     while True:
+        if not first:
+            await asyncio.sleep(1.0)  # reconnect a second after being closed
+        first = False
         try:
             reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
         except OSError:
@@ -261,6 +270,15 @@ def load_texts(path: Path) -> list[str]:
     return texts
 
 
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the server process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -286,14 +304,16 @@ def wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
     raise SystemExit("the server did not become ready within 180 s")
 
 
-def make_keys(directory: Path) -> tuple[Path, str, str]:
+def make_keys(directory: Path, clients: int) -> tuple[Path, list[str], str]:
+    """One key per legitimate client (legitimate traffic is many clients) and the heavy key."""
     from onnxguard.serve.auth import generate_secret, key_line
 
-    legit, heavy = generate_secret(), generate_secret()
+    legit = [generate_secret() for _ in range(clients)]
+    heavy = generate_secret()
+    lines = [key_line(f"legit-{i}", secret) for i, secret in enumerate(legit)]
+    lines.append(key_line("heavy", heavy))
     path = directory / "keys.txt"
-    path.write_text(
-        key_line("legit", legit, ["infer", "metrics"]) + "\n" + key_line("heavy", heavy) + "\n"
-    )
+    path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path, legit, heavy
 
@@ -327,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown attack(s): {', '.join(sorted(unknown))}")
     work = Path(tempfile.mkdtemp(prefix="onnxguard-attack-"))
-    keys, legit, heavy = make_keys(work)
+    keys, legit, heavy = make_keys(work, args.clients)
     audit = work / "audit.log"
     port = free_port()
     command = [
@@ -335,13 +355,15 @@ def run(args: argparse.Namespace) -> int:
         "--api-keys-file", str(keys), "--audit-log", str(audit), "--port", str(port),
         "--rate-limit", "1000000/minute", "--no-access-log", *args.serve_arg,
     ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = []
     try:
         wait_ready(port, server)
         asyncio.run(legit_round(port, legit, texts, args.clients, 3.0))  # warm-up
         for name in attacks:
+            cpu = server_cpu_s(server.pid)
             base = asyncio.run(legit_round(port, legit, texts, args.clients, args.seconds))
+            base_cpu = server_cpu_s(server.pid) - cpu
             size = audit.stat().st_size
             attacker = subprocess.Popen(
                 [sys.executable, __file__, "--attacker", name, "--port", str(port),
@@ -349,12 +371,15 @@ def run(args: argparse.Namespace) -> int:
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             )  # fmt: skip
             time.sleep(2.0)  # let the attack build up
+            cpu = server_cpu_s(server.pid)
             hit = asyncio.run(legit_round(port, legit, texts, args.clients, args.seconds))
+            hit_cpu = server_cpu_s(server.pid) - cpu
             out, _ = attacker.communicate(timeout=args.seconds + 60)
             grown = audit.stat().st_size - size
             got = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
             results.append({"attack": name, "base": base.__dict__, "attacked": hit.__dict__,
-                            "attacker_got": got, "audit_growth_bytes": grown})  # fmt: skip
+                            "attacker_got": got, "audit_growth_bytes": grown,
+                            "server_cpu_s": [round(base_cpu, 1), round(hit_cpu, 1)]})  # fmt: skip
             report(results[-1])
             time.sleep(2.0)
     finally:
@@ -382,7 +407,8 @@ def report(result: dict[str, object]) -> None:
         f"p99 {base['p99_ms']:7.1f} ms"
         f" | with: {hit['texts_per_s']:7.1f} req/s p99 {hit['p99_ms']:7.1f} ms"
         f" (errors {hit['errors']}) | {ratio:6.1%} {'ok' if ratio >= 0.8 else 'BELOW 80%'}"
-        f" | attacker got {result['attacker_got']} | audit +{result['audit_growth_bytes']} B",
+        f" | attacker got {result['attacker_got']} | audit +{result['audit_growth_bytes']} B"
+        f" | server CPU s without/with {result['server_cpu_s']}",
         flush=True,
     )
 

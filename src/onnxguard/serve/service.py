@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("onnxguard.serve")
 
 EngineLoader = Callable[[], "Engine"]
+_TOKEN_BURST_S = 5.0
+"""A key's token bucket holds 5 s of its budget: spread over the minute, not spent at once."""
 
 
 # ONNX Runtime's intra-op threads spin between calls by default.  In a server they share the
@@ -88,7 +90,11 @@ class Service:
         self._stopped = False
         self._lock = threading.Lock()
         self.load_seconds: float | None = None
-        self.tokens = RateLimiter(config.token_limit) if config.token_limit is not None else None
+        self.tokens = (
+            RateLimiter(config.token_limit, burst_s=_TOKEN_BURST_S)
+            if config.token_limit is not None
+            else None
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
