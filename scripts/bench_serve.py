@@ -256,6 +256,8 @@ def main() -> int:
         str(keys),
         "--rate-limit",
         "off",
+        "--token-limit",
+        "off",
         "--no-access-log",
         "--log-level",
         "warning",

@@ -9,8 +9,9 @@ in no metric.  This layer is a small subclass of uvicorn's h11 protocol:
   of each response); else it is closed (idle sockets, slowloris);
 * at most ``max_connections_per_client`` open connections per client address (trusted proxies
   exempt); beyond, the new connection is closed at once;
-* at most ``max_connections`` open connections; a new one evicts the oldest connection that has
-  no request in progress, and is closed at once only when every connection is busy;
+* at most ``max_connections`` open connections; a new one evicts the oldest connection that
+  never sent a complete request (else the oldest idle keep-alive one), and is closed at once only
+  when every connection has a request in progress;
 * every refused, evicted or timed-out connection is counted in
   ``onnxguard_connections_closed{reason}`` and the open ones in ``onnxguard_connections_open``.
 """
@@ -49,7 +50,7 @@ class ConnectionTable:
         if cap and address not in self.exempt and self.per_address[address] >= cap:
             return "per_client_limit"
         if len(self.open) >= self.limits.max_connections:
-            victim = next((c for c in self.open if c.idle), None)
+            victim = self._victim()
             if victim is None:
                 return "max_connections"
             victim.close("evicted")
@@ -57,6 +58,17 @@ class ConnectionTable:
         self.per_address[address] += 1
         self.metrics.connections_open.set(len(self.open))
         return None
+
+    def _victim(self) -> GuardedH11Protocol | None:
+        """The oldest connection that never sent a complete request; else the oldest idle
+        keep-alive connection; None when every connection has a request in progress."""
+        idle = None
+        for conn in self.open:
+            if conn.idle:
+                if conn.served == 0:
+                    return conn
+                idle = idle or conn
+        return idle
 
     def release(self, conn: GuardedH11Protocol) -> None:
         if self.open.pop(conn, False) is None:
@@ -85,6 +97,8 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._armed_cycle: Any = None
         self._registered = False
+        self.served = 0
+        """Responses completed on this connection (eviction spares those that did work)."""
 
     @property
     def idle(self) -> bool:
@@ -109,6 +123,7 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
+        self.served += 1
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm()  # the next request head is due within the deadline too

@@ -319,12 +319,16 @@ class _Responder:
 
     async def error(self, err: ApiError) -> None:
         self.ctx.outcome = self.ctx.outcome or err.outcome
-        headers = [(b"content-type", b"application/json")]
+        body = error_body(err.message)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+        ]
         headers += [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()
         ]
         await self.send({"type": "http.response.start", "status": err.status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": error_body(err.message)})
+        await self.send({"type": "http.response.body", "body": body})
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -333,16 +337,17 @@ class _Responder:
             status = int(message["status"])
             if not await self.record(status):
                 self.replaced = True
-                status = 503
+                body = error_body("audit log unavailable")
                 message = {
                     "type": "http.response.start",
                     "status": 503,
-                    "headers": [(b"content-type", b"application/json")],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode("ascii")),
+                    ],
                 }
                 await self._send(self._decorate(message))
-                await self._send(
-                    {"type": "http.response.body", "body": error_body("audit log unavailable")}
-                )
+                await self._send({"type": "http.response.body", "body": body})
                 return
             await self._send(self._decorate(message))
             return

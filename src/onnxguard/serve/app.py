@@ -267,7 +267,8 @@ def _audit_log(config: ServeConfig) -> AuditLog | None:
 
 
 def _openapi_for_the_task(app: FastAPI, service: Service) -> None:
-    """The OpenAPI document lists only the V1 route of the bundle's task (once it is known)."""
+    """The OpenAPI document says what the server answers: only the V1 route of the bundle's
+    task (once it is known), and no 422 on V2 routes."""
     generate = app.openapi
     cached: dict[str, Any] = {}
 
@@ -276,9 +277,13 @@ def _openapi_for_the_task(app: FastAPI, service: Service) -> None:
             return cached["schema"]  # type: ignore[no-any-return]
         app.openapi_schema = None
         schema = copy.deepcopy(generate())
+        paths = schema.get("paths", {})
+        for path, operations in paths.items():
+            if path.startswith("/v2"):  # FastAPI adds 422 for path parameters; V2 answers 400
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
         if not service.ready:
             return schema
-        paths = schema.get("paths", {})
         wrong = "/v1/classify" if service.engine.task is Task.FEATURE_EXTRACTION else "/v1/embed"
         paths.pop(wrong, None)
         cached["schema"] = schema
@@ -341,7 +346,10 @@ def _add_v1_routes(
         tags=["operations"],
         summary="Prometheus metrics (metrics scope)",
         response_model=None,
-        responses={200: {"content": {"text/plain": {}}}},
+        responses={
+            200: {"content": {"text/plain": {}}},
+            **{status: _ERRORS[status] for status in (401, 403, 429)},
+        },
     )
     async def prometheus() -> Response:
         local = metrics.render()

@@ -8,7 +8,10 @@ key has the ``infer`` scope, so files written before scopes existed keep working
 A presented key is hashed once and compared with every digest in constant time
 (``hmac.compare_digest``, no early exit), so timing tells nothing about which keys exist.  The
 file is re-read when it changes (checked at most every two seconds): revoking a key takes effect
-without a restart.  A malformed new version is refused and the previous keys stay in force.
+without a restart.  Reloading fails closed: a keys file that was emptied, left with only
+comments, deleted, made unreadable or writable by others, or that no longer parses revokes
+every key (each request is a 401) until a good file is back; the error is logged.  Starting
+with such a file is refused (exit 9) with the reason and the fix.
 """
 
 from __future__ import annotations
@@ -207,14 +210,14 @@ class KeyStore:
                 found = key
         return Principal(found.key_id, found.scopes) if found is not None else None
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
+    def _file_stamp(self) -> tuple[int, int, int, int] | None:
         if self._path is None:
             return None
         try:
             info = self._path.stat()
         except OSError:
             return None
-        return (info.st_mtime_ns, info.st_size, info.st_ino)
+        return (info.st_mtime_ns, info.st_size, info.st_ino, info.st_mode)
 
     def _maybe_reload(self) -> None:
         if self._path is None or time.monotonic() - self._checked < _RELOAD_INTERVAL_S:
@@ -231,10 +234,11 @@ class KeyStore:
                 keys = read_keys_file(self._path)
             except ServeError as exc:
                 log.error(
-                    "API keys file changed but was refused, previous keys stay in force: %s",
+                    "API keys file changed and was refused: every key is revoked until it is "
+                    "fixed: %s",
                     exc.message,
                 )
-                self._stamp = stamp
+                self._keys, self._stamp = (), stamp
                 return
             self._keys, self._stamp = keys, stamp
             log.info("API keys file reloaded: %d key(s)", len(keys))

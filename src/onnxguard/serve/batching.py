@@ -298,6 +298,10 @@ class Batcher:
         overhead = float(settings.call_overhead_tokens)
         anchor = self._anchor()
         window = [anchor] + [item for item in self._pending[: self._scan] if item is not anchor]
+        # With several tenants waiting, smaller calls: a light request never waits behind a
+        # long one (a running call cannot be interrupted).
+        shared = len({item.request.tenant for item in window}) > 1
+        token_cap = settings.max_batch_tokens // 4 if shared else settings.max_batch_tokens
         ordered = sorted(window, key=lambda item: item.length)
         pos = next(i for i, item in enumerate(ordered) if item is anchor)
         lo = hi = pos
@@ -312,7 +316,7 @@ class Batcher:
                 new_width = max(width, ordered[new_hi].length)
                 padded = (count + 1) * new_width
                 real = total + ordered[new_lo if new_lo < lo else new_hi].length
-                if padded > settings.max_batch_tokens or real < settings.min_fill * padded:
+                if padded > token_cap or real < settings.min_fill * padded:
                     continue
                 candidate = real / (overhead + padded)
                 if best is None or candidate > best[0]:
@@ -337,9 +341,8 @@ class Batcher:
         oldest: dict[str, _Item] = {}
         for item in self._pending:
             oldest.setdefault(item.request.tenant, item)
-        if len(oldest) == 1:
-            return self._pending[0]
         tenant = min(oldest, key=lambda t: (self._usage.get(t, self._vtime), oldest[t].enqueued))
+        # Virtual time follows the tenant served: one that was idle comes back level with it.
         self._vtime = max(self._vtime, self._usage.get(tenant, self._vtime))
         if len(self._usage) > 4 * len(oldest) + 1024:  # forget idle tenants (memory bound)
             self._usage = {t: self._usage[t] for t in oldest if t in self._usage}

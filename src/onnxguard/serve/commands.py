@@ -88,7 +88,7 @@ def serve_command(
     max_body: str = typer.Option(
         "1MiB", "--max-body", help="Request body limit, also after gzip/deflate decoding."
     ),
-    max_texts: int = typer.Option(64, "--max-texts", min=1, help="Texts per request."),
+    max_texts: int = typer.Option(64, "--max-texts", help="Texts per request (at least 1)."),
     max_chars: int = typer.Option(20_000, "--max-chars", help="Characters per text."),
     max_tokens: int = typer.Option(16_384, "--max-tokens", help="Tokens per request."),
     body_timeout: float = typer.Option(30.0, help="Seconds a client may take to send its body."),
@@ -111,9 +111,10 @@ def serve_command(
         help="Failed authentications per client address per minute (429 beyond).",
     ),
     token_limit: str = typer.Option(
-        "1000000/minute",
+        "120000/minute",
         "--token-limit",
-        help="Tokens per key: N/second|minute|hour|day, or off (429 beyond).",
+        help="Tokens per key: N/second|minute|hour|day, or off (429 beyond); the default is "
+        "about a seventh of what 2 CPU cores run with MiniLM.",
     ),
     max_batch: int = typer.Option(32, "--max-batch", help="Texts per ONNX Runtime call."),
     max_wait_ms: float = typer.Option(

@@ -38,11 +38,16 @@ class RateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_buckets: int = _MAX_BUCKETS,
+        burst_s: float | None = None,
     ) -> None:
         self.limit = limit
         self._clock = clock
         self._rate = limit.per_second
-        self._capacity = float(limit.requests)
+        # The bucket holds the whole allowance, or ``burst_s`` seconds of it (a token budget:
+        # a heavy client cannot spend a minute's worth in one burst).
+        self._capacity = (
+            float(limit.requests) if burst_s is None else max(1.0, self._rate * burst_s)
+        )
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._max_buckets = max_buckets
         self._lock = threading.Lock()

@@ -85,11 +85,13 @@ class RateLimits:
     """Global token buckets: ``requests`` (per key) and ``tokens`` (per key)."""
 
     def __init__(self, requests: RateLimit | None, tokens: RateLimit | None) -> None:
-        self._limiters = {
-            name: RateLimiter(limit)
-            for name, limit in (("requests", requests), ("tokens", tokens))
-            if limit is not None
-        }
+        from onnxguard.serve.service import token_limiter
+
+        self._limiters: dict[str, RateLimiter] = {}
+        if requests is not None:
+            self._limiters["requests"] = RateLimiter(requests)
+        if tokens is not None:
+            self._limiters["tokens"] = token_limiter(tokens)
 
     def acquire(self, which: str, key: str, cost: float) -> tuple[bool, int, int]:
         decision = self._limiters[which].acquire(key, cost)

@@ -146,7 +146,7 @@ def test_append_key_line_creates_private_file_and_refuses_duplicates(tmp_path: P
         append_key_line(path, key_line("alice", generate_secret()))
 
 
-def test_store_reloads_a_changed_file_and_keeps_old_keys_on_a_bad_one(
+def test_store_reloads_a_changed_file_and_a_bad_one_revokes_every_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(auth, "_RELOAD_INTERVAL_S", 0.0)
@@ -162,4 +162,32 @@ def test_store_reloads_a_changed_file_and_keeps_old_keys_on_a_bad_one(
     assert store.authenticate(f"Bearer {new}").key_id == "new"  # type: ignore[union-attr]
     path.write_text("broken line\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
-    assert store.authenticate(f"Bearer {new}") is not None  # the bad file was refused
+    assert store.authenticate(f"Bearer {new}") is None  # fail closed: nothing is in force
+    path.write_text(key_line("new", new) + "\n")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 3_000_000_000))
+    assert store.authenticate(f"Bearer {new}") is not None  # a good file restores the keys
+
+
+@pytest.mark.parametrize("change", ["empty", "comments", "deleted", "loose"])
+def test_emptying_or_deleting_the_keys_file_revokes_every_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    monkeypatch.setattr(auth, "_RELOAD_INTERVAL_S", 0.0)
+    secret = generate_secret()
+    path = tmp_path / "keys.txt"
+    path.write_text(key_line("alice", secret) + "\n")
+    path.chmod(0o600)
+    store = KeyStore.from_file(path)
+    assert store.authenticate(f"Bearer {secret}") is not None
+    if change == "empty":
+        path.write_text("")
+    elif change == "comments":
+        path.write_text("# every key was removed\n\n")
+    elif change == "deleted":
+        path.unlink()
+    else:
+        path.chmod(0o666)
+    if path.exists():
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
+    assert store.authenticate(f"Bearer {secret}") is None
+    assert len(store) == 0

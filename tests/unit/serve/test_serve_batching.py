@@ -226,3 +226,50 @@ def test_metrics_observe_batches() -> None:
     assert "onnxguard_batch_size_count" in text
     assert "onnxguard_texts_total 2.0" in text
     assert "onnxguard_batch_padding_ratio_sum" in text
+
+
+def test_a_heavy_tenant_cannot_starve_a_light_one() -> None:
+    """Fair across tenants: a light request that arrives behind a heavy tenant's backlog runs
+    in the next call, not after the whole backlog (FIFO would put it last)."""
+    engine = FakeEngine()
+    engine.gate.clear()  # hold the first call so the backlog queues up
+    batcher = make(engine, max_wait_ms=0, max_batch=4, min_fill=0.0)
+    order: list[str] = []
+
+    async def tagged(name: str, texts: list[str], tenant: str) -> None:
+        await batcher.run(texts, tenant)
+        order.append(name)
+
+    async def go() -> None:
+        first = asyncio.ensure_future(tagged("heavy-0", [words(8)] * 4, "heavy"))
+        await asyncio.sleep(0.05)
+        heavy = [
+            asyncio.ensure_future(tagged(f"heavy-{i}", [words(8)] * 4, "heavy"))
+            for i in range(1, 6)
+        ]
+        await asyncio.sleep(0.05)
+        light = asyncio.ensure_future(tagged("light", [words(8)], "light"))
+        await asyncio.sleep(0.05)
+        engine.gate.set()
+        await asyncio.gather(first, *heavy, light)
+
+    asyncio.run(go())
+    batcher.stop()
+    assert order.index("light") <= 2, order  # FIFO would finish it last (index 6)
+
+
+def test_flush_runs_queued_texts_without_waiting_for_batch_mates() -> None:
+    engine = FakeEngine()
+    batcher = make(engine, max_wait_ms=600_000, max_batch=64)
+
+    async def go() -> float:
+        task = asyncio.ensure_future(batcher.run([words(3)]))
+        await asyncio.sleep(0.1)
+        assert not task.done()  # waiting for batch-mates
+        started = time.monotonic()
+        batcher.flush()
+        await task
+        return time.monotonic() - started
+
+    assert asyncio.run(go()) < 5.0
+    batcher.stop()

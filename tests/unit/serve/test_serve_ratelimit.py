@@ -46,3 +46,14 @@ def test_bucket_count_is_bounded() -> None:
     for i in range(100):
         limiter.acquire(f"client:{i}")
     assert len(limiter._buckets) == 10
+
+
+def test_charge_after_the_fact_puts_the_bucket_in_debt() -> None:
+    now = [0.0]
+    limiter = RateLimiter(RateLimit(100, 60.0), clock=lambda: now[0])  # 100 tokens a minute
+    assert limiter.acquire("k", 0).allowed
+    limiter.charge("k", 250)  # a request used more than the whole bucket
+    refused = limiter.acquire("k", 0)
+    assert not refused.allowed and refused.retry_after_s == 90  # 150 tokens of debt at 100/min
+    now[0] = 91.0
+    assert limiter.acquire("k", 0).allowed
