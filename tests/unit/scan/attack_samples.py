@@ -191,6 +191,34 @@ def make_nullifai_broken_pickle(d: Path) -> Path:
     return _write(d, "pytorch_model.bin", broken)
 
 
+def protocol0_payload() -> bytes:
+    """``os.system(PAYLOAD)`` in protocol 0 (text), without PROTO."""
+    return b"cos\nsystem\n(S'" + PAYLOAD.encode() + b"'\ntR."
+
+
+def make_long_line_fail_open(d: Path) -> Path:
+    """A 70 KB UNICODE line, popped, then os.system: pickle.load reads lines of any length."""
+    line = b"V" + b"A" * 70_000 + b"\n0"
+    return _write(d, "pytorch_model.bin", b"\x80\x02" + line + protocol0_payload())
+
+
+def make_long_line_text_disguise(d: Path) -> Path:
+    """The same long-line trick without PROTO: the file is valid UTF-8 text."""
+    return _write(d, "notes.txt", b"V" + b"A" * 70_000 + b"\n0" + protocol0_payload())
+
+
+def make_frame_length_mismatch(d: Path) -> Path:  # C/Python unpickler differential
+    """A FRAME that ends inside the GLOBAL opcode: pure-Python pickle refuses, C reads on."""
+    body = glob("os", "system") + ustr(PAYLOAD) + b"\x85R."
+    frame = b"\x95" + struct.pack("<Q", 5)
+    return _write(d, "model.pkl", b"\x80\x04" + frame + body)
+
+
+def make_truncated_binunicode(d: Path) -> Path:
+    """First opcode BINUNICODE with a 3 GB length whose bytes decode as UTF-8 text."""
+    return _write(d, "model.pkl", b"X\xc3\xbf\xc3\xbf" + b"tail of a cut-off pickle")
+
+
 def make_nullifai_7z(d: Path) -> Path:
     return _write(d, "pytorch_model.bin", b"7z\xbc\xaf\x27\x1c\x00\x04" + os.urandom(256))
 
@@ -411,6 +439,10 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("CVE-2025-1889-protocol0-as-txt", make_protocol0_renamed_txt, ("PKL001",), "pickle"),
     Sample("nullifai-broken-pickle", make_nullifai_broken_pickle, ("PKL001", "PKL006"), "pytorch"),
     Sample("nullifai-7z-checkpoint", make_nullifai_7z, (), "pytorch"),
+    Sample("pickle-long-line-fail-open", make_long_line_fail_open, ("PKL001",), "pickle"),
+    Sample("pickle-long-line-as-text", make_long_line_text_disguise, ("PKL001",), "pickle"),
+    Sample("pickle-frame-length-mismatch", make_frame_length_mismatch, ("PKL010",), "pickle"),
+    Sample("pickle-truncated-binunicode", make_truncated_binunicode, ("PKL007",), "pickle"),
     Sample(
         "CVE-2025-1944-zip-name-mismatch", make_zip_name_mismatch, ("ARC003", "PKL001"), "pytorch"
     ),
