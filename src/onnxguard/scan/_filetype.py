@@ -117,8 +117,10 @@ def _by_signature(head: bytes, lower: str, size: int, *, member: bool) -> Kind |
     if len(head) >= 8 and head[4:8] == b"ORTM":
         return Kind.ORT_FORMAT
     # ONNX Runtime needs ir_version, so a loadable model starts with field 1 (byte 0x08)
-    if lower.endswith(".onnx") or head[0] in (0x12, 0x1A) or (
-        head[0] == 0x08 and _plausible_onnx(head)
+    if (
+        lower.endswith(".onnx")
+        or head[0] in (0x12, 0x1A)
+        or (head[0] == 0x08 and _plausible_onnx(head))
     ):
         return Kind.ONNX
     from onnxguard.scan.pickles import looks_truncated
@@ -244,7 +246,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
+def protobuf_fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
     """Decode one protobuf message level: (field, wire type, payload); ValueError if malformed."""
     out: list[tuple[int, int, bytes | int]] = []
     pos = 0
@@ -279,13 +281,13 @@ def _is_sentencepiece(blob: Blob) -> bool:
     with blob.open() as fh:
         data = fh.read()
     try:
-        top = _fields(data)
+        top = protobuf_fields(data)
         pieces = 0
         for field, wire, payload in top:
             if field not in (1, 2, 3, 4, 5) or wire != 2 or not isinstance(payload, bytes):
                 return False
             if field == 1:
-                for sub, sub_wire, value in _fields(payload):
+                for sub, sub_wire, value in protobuf_fields(payload):
                     if (sub, sub_wire) == (1, 2) and isinstance(value, bytes):
                         value.decode("utf-8")
                     elif (sub, sub_wire) not in ((2, 5), (3, 0)):

@@ -1,10 +1,10 @@
 """The pickle policy: which globals a state dict may import, and which are known gadgets.
 
 The allowlist mirrors what ``torch.load(weights_only=True)`` accepts (tensor rebuild functions,
-storages, dtypes, OrderedDict) plus numpy's array reconstruction and joblib's array wrapper
-(a plain attribute holder: joblib's reader, not the wrapper, turns it into an array); it is written out here rather
-than read from torch so that scanning never imports torch.  Everything else is at least "unknown"
-(high); the gadget lists only decide whether it is called critical.
+storages, dtypes, OrderedDict) plus numpy's array reconstruction and joblib's array wrapper (a
+plain attribute holder: joblib's reader, not the wrapper, turns it into an array); it is written
+out here rather than read from torch so that scanning never imports torch.  Everything else is
+at least "unknown" (high); the gadget lists only decide whether it is called critical.
 """
 
 from __future__ import annotations

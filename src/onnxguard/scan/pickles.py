@@ -176,7 +176,7 @@ def _read_arg(reader: _Reader, op: pickletools.OpcodeInfo) -> Any:
         data = reader.read(length)
         if len(data) != length:
             raise ValueError(f"argument of {length:,} bytes runs past the end")
-        return pickletools.decode_long(data) if length <= 4096 else _OPAQUE
+        return int.from_bytes(data, "little", signed=True) if length <= 4096 else _OPAQUE
     length_byte = reader.read(1)  # string1, bytes1, unicodestring1
     if not length_byte:
         raise ValueError("truncated length prefix")
@@ -241,13 +241,15 @@ class _Problems:
 
 
 _LITERALS = frozenset(
-    "BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 NEWTRUE NEWFALSE FLOAT BINFLOAT NEXT_BUFFER "
-    "EMPTY_LIST EMPTY_SET EMPTY_TUPLE PERSID".split()
-)
-_INTS = frozenset("INT BININT BININT1 BININT2 LONG LONG1 LONG4".split())
-_UNICODE = frozenset("SHORT_BINUNICODE BINUNICODE BINUNICODE8 UNICODE".split())
-_STRINGS = frozenset("STRING BINSTRING SHORT_BINSTRING".split())
-_NOOPS = frozenset("PROTO FRAME READONLY_BUFFER".split())
+    {
+        "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "NEWTRUE", "NEWFALSE", "FLOAT",
+        "BINFLOAT", "NEXT_BUFFER", "EMPTY_LIST", "EMPTY_SET", "EMPTY_TUPLE", "PERSID",
+    }
+)  # fmt: skip
+_INTS = frozenset(["INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"])
+_UNICODE = frozenset(["SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"])
+_STRINGS = frozenset(["STRING", "BINSTRING", "SHORT_BINSTRING"])
+_NOOPS = frozenset(["PROTO", "FRAME", "READONLY_BUFFER"])
 
 
 class _Machine:
@@ -269,7 +271,7 @@ class _Machine:
         self._handlers: dict[str, Callable[[Any, int], None]] = {
             "MARK": self._mark,
             "POP": self._pop_op,
-            "POP_MARK": lambda _arg, _pos: self.pop_mark(),
+            "POP_MARK": lambda _arg, _pos: self._pop_mark_op(),
             "DUP": self._dup,
             "NONE": lambda _arg, _pos: self.push(_NONE),
             "EMPTY_DICT": lambda _arg, _pos: self.push(_Dict()),
@@ -418,6 +420,9 @@ class _Machine:
         else:
             self.pop_mark()
 
+    def _pop_mark_op(self) -> None:
+        self.pop_mark()
+
     def _dup(self, _arg: Any, _pos: int) -> None:
         self._need(1)
         self.push(self.stack[-1])
@@ -505,9 +510,8 @@ class _Machine:
         if is_safe_global(module, name):
             pass
         elif is_dangerous_global(module, name):
-            self.problems.add(
-                "PKL001", f"{module}.{name}", pos, f"imports {module}.{name}, a code-execution gadget"
-            )
+            message = f"imports {module}.{name}, a code-execution gadget"
+            self.problems.add("PKL001", f"{module}.{name}", pos, message)
         else:
             self.problems.add(
                 "PKL002",
