@@ -190,9 +190,11 @@ class _Scanner:
             data_kind = tf_check.saved_model_data_kind(rel, self.saved_models)
             if os.path.realpath(full) in external and not self._loadable(kind, blob):
                 self.sink.files.append(ScannedFile(rel, "onnx-external-data", st.st_size))
+            elif kind is Kind.ONNX:
+                continue  # checked (or reported unscannable) with the models above
             elif data_kind is not None and not self._loadable(kind, blob):
                 self.sink.files.append(ScannedFile(rel, data_kind, st.st_size))
-            elif kind is not Kind.ONNX:
+            else:
                 self.scan_file(rel, blob, kind)
 
     def _symlink(self, rel: str, full: Path) -> Path | None:

@@ -69,21 +69,6 @@ _FILTERS = frozenset(
     """
     )
 )
-# Filters whose string arguments name attributes (``map(attribute=...)``) or are attributes.
-_ATTRIBUTE_FILTERS = frozenset(
-    {
-        "map",
-        "selectattr",
-        "rejectattr",
-        "sort",
-        "groupby",
-        "sum",
-        "unique",
-        "min",
-        "max",
-        "dictsort",
-    }
-)
 _TESTS = frozenset(
     _words(
         """
@@ -331,11 +316,29 @@ class _Walker:
                 line,
                 f"filter {name!r} is not a Jinja2 or transformers filter a chat template uses",
             )
-        if name in _ATTRIBUTE_FILTERS:
-            for arg in [*node.args, *(kw.value for kw in node.kwargs)]:
-                value = self.fold(arg)
-                if value is not None:
-                    self._attribute(value, line, f"|{name} attribute")
+        for value in self._attribute_args(node):
+            self._attribute(value, line, f"|{name} attribute")
+
+    def _attribute_args(self, node: Any) -> list[str]:
+        """The folded arguments of a filter that name attributes or apply other filters."""
+        name = node.name
+        named = [kw.value for kw in node.kwargs if kw.key == "attribute"]
+        if name in ("selectattr", "rejectattr", "groupby") and node.args:
+            named.append(node.args[0])
+        if name == "map" and node.args:  # map('filter', *args): the filter is checked too
+            inner = self.fold(node.args[0])
+            if inner is not None and inner not in _FILTERS:
+                line = getattr(node, "lineno", 0) or 0
+                rule = "TPL001" if inner == "attr" else "TPL002"
+                self.issues.add(
+                    rule,
+                    f"map filter {inner}",
+                    line,
+                    f"|map({inner!r}, ...) applies a filter chat templates do not use",
+                )
+            named.extend(node.args[1:])
+        values = [self.fold(arg) for arg in named]
+        return [v for v in values if v is not None]
 
     def _test(self, node: Any, line: int) -> None:
         if node.name not in _TESTS:
@@ -404,11 +407,17 @@ class _Walker:
 
 
 def _builds_string(node: Any) -> bool:
+    """Is this key assembled from string pieces (not ``loop.index0 + 1``)?"""
     from jinja2 import nodes
 
-    return isinstance(node, nodes.Concat | nodes.Add | nodes.Mod | nodes.Mul) or (
-        isinstance(node, nodes.Filter) and node.name in ("join", "format", "replace", "reverse")
-    )
+    if isinstance(node, nodes.Concat):
+        return True
+    if isinstance(node, nodes.Add | nodes.Mod | nodes.Mul):
+        return any(
+            (isinstance(side, nodes.Const) and isinstance(side.value, str)) or _builds_string(side)
+            for side in (node.left, node.right)
+        )
+    return isinstance(node, nodes.Filter) and node.name in ("join", "format", "replace", "reverse")
 
 
 def _safe_format_parse(text: str) -> list[tuple[str, str | None, str | None, str | None]]:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from unit.scan import format_samples as fs
 from unit.scan.onnx_samples import (
     make_onnx_aten_fallback,
     make_onnx_constant_of_shape_bomb,
@@ -513,4 +514,98 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("onnx-invalid-graph", make_onnx_invalid_graph, ("ONNX032",), "onnx"),
     Sample("shadowlogic-where", make_shadowlogic_where, ("ONNX031",), "onnx"),
     Sample("shadowlogic-if", make_shadowlogic_if, ("ONNX031",), "onnx"),
+    # chat templates (CVE-2024-34359 family), Keras v3, links, 7z, SavedModel
+    Sample(
+        "CVE-2024-34359-template-tokenizer-config",
+        fs.make_template_tokenizer_config,
+        ("TPL001",),
+        "chat-template",
+    ),
+    Sample(
+        "template-named-list-attr-chain", fs.make_template_named_list, ("TPL001",), "chat-template"
+    ),
+    Sample(
+        "template-printf-built-dunder",
+        fs.make_template_obfuscated_attr,
+        ("TPL001",),
+        "chat-template",
+    ),
+    Sample(
+        "template-jinja-file-popen-loop", fs.make_template_jinja_file, ("TPL001",), "chat-template"
+    ),
+    Sample("template-yaml-config", fs.make_template_yaml, ("TPL001",), "chat-template"),
+    Sample("template-gguf-metadata", fs.make_template_gguf, ("TPL001",), "gguf"),
+    Sample("CVE-2024-3660-keras-v3-lambda", fs.make_keras_v3_lambda, ("FILE008",), "keras"),
+    Sample(
+        "keras-v3-module-outside-keras", fs.make_keras_v3_external_module, ("FILE010",), "keras"
+    ),
+    Sample("zip-symlink-etc-passwd", fs.make_zip_symlink_passwd, ("ARC007",), "zip"),
+    Sample("torch-zip-symlink-member", fs.make_torch_zip_symlink, ("ARC007",), "pytorch"),
+    Sample("nullifai-7z-pickle", fs.make_7z_pickle, ("PKL001",), "7z"),
+    Sample("savedmodel-eager-pyfunc", fs.make_savedmodel_pyfunc, ("FILE012",), "tensorflow"),
+    Sample("savedmodel-readfile", fs.make_savedmodel_readfile, ("FILE012",), "tensorflow"),
+)
+
+
+@dataclass(frozen=True)
+class Clean:
+    """A benign file every scanner should pass (the false-alarm controls)."""
+
+    name: str
+    make: Callable[[Path], Path]
+    format: str
+
+
+def make_clean_joblib(d: Path) -> Path:
+    import joblib
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    joblib.dump(
+        {"w": np.arange(12.0).reshape(3, 4), "names": np.array(["a", "b"])}, d / "model.joblib"
+    )
+    return d
+
+
+def make_clean_numpy_pickles(d: Path) -> Path:
+    import pickle
+
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    data = {"a": np.arange(4), "b": [1, 2.5, "x"], "s": np.float32(1.5)}
+    for proto in range(6):
+        (d / f"p{proto}.pkl").write_bytes(pickle.dumps(data, protocol=proto))
+    return d
+
+
+def make_clean_state_dict_zip(d: Path) -> Path:
+    return _write(d, "pytorch_model.bin", _torch_zip(_checkpoint_entries(_state_dict_pickle())))
+
+
+def make_clean_external_data_dotdot(d: Path) -> Path:
+    from unit.scan.onnx_samples import _external, _onnx_model, _save
+
+    (d / "sub").mkdir(parents=True, exist_ok=True)
+    _write(d, "weights.bin", struct.pack("<4f", 1, 2, 3, 4))
+    return _save(d, _onnx_model(initializers=[_external("sub/../weights.bin")]))
+
+
+def make_clean_safetensors(d: Path) -> Path:
+    header = {"a": _f32([2], 0, 8), "b": _f32([1], 8, 12), "__metadata__": {"format": "pt"}}
+    return _write(d, "model.safetensors", safetensors_bytes(header, b"\x00" * 12))
+
+
+CLEAN: tuple[Clean, ...] = (
+    Clean("clean-torch-state-dict-zip", make_clean_state_dict_zip, "pytorch"),
+    Clean("clean-numpy-pickles-p0-p5", make_clean_numpy_pickles, "pickle"),
+    Clean("clean-joblib-numpy-arrays", make_clean_joblib, "joblib"),
+    Clean("clean-safetensors", make_clean_safetensors, "safetensors"),
+    Clean("clean-onnx-external-data-sub-dotdot", make_clean_external_data_dotdot, "onnx"),
+    Clean("clean-tokenizer-config-llama3.1-tools", fs.make_clean_tokenizer_config, "chat-template"),
+    Clean("clean-gguf-qwen2.5-template", fs.make_clean_gguf, "gguf"),
+    Clean("clean-keras-v3-dense", fs.make_clean_keras_v3, "keras"),
+    Clean("clean-7z-config", fs.make_clean_7z, "7z"),
+    Clean("clean-savedmodel", fs.make_clean_savedmodel, "tensorflow"),
+    Clean("clean-encrypted-zip", fs.make_clean_encrypted_zip, "zip"),
 )
