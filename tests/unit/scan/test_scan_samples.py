@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from onnxguard.scan import RULES, scan_path
-from unit.scan.attack_samples import CLEAN, SAMPLES, Clean, Sample
 from unit.scan._helpers import rules_of
+from unit.scan.attack_samples import CLEAN, SAMPLES, Clean, Sample
 
 _SLOW = {"torchscript-archive"}
 
