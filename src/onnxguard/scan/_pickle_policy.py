@@ -67,6 +67,7 @@ SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("torch.storage", "UntypedStorage"),
         ("_codecs", "encode"),
         ("builtins", "bytearray"),
+        ("builtins", "bytes"),  # b"" in protocols 0-2
         ("builtins", "set"),
         ("builtins", "frozenset"),
         ("builtins", "complex"),

@@ -720,12 +720,23 @@ def scan_pickle_stream(
             if len(results) == 5:  # magic, protocol, sys_info, object, storage keys
                 break
             continue
-        # Several pickles back to back: keep going while the next one starts with PROTO.
-        if len(results) >= 64 or fh.read(1) != b"\x80":
+        # Several pickles back to back (a loader may call pickle.load again): go on while what
+        # follows parses as a pickle that does something; other trailing bytes are data.
+        if len(results) >= 64 or fh.tell() >= end or not _next_is_pickle(fh, end, max_opcodes):
             break
-        fh.seek(-1, 1)
     _report(problems, sink, file, location)
     return results
+
+
+def _next_is_pickle(fh: BinaryIO, end: int, max_opcodes: int) -> bool:
+    start = fh.tell()
+    try:
+        nxt = parse_pickle(fh, end, _Problems(), max_opcodes)
+    except _TooLong:
+        return True
+    finally:
+        fh.seek(start)
+    return nxt.complete or bool(nxt.globals)
 
 
 def _report_error(result: PickleResult, sink: Sink, file: str, location: str) -> None:
