@@ -359,6 +359,16 @@ def injections() -> dict[str, tuple[str, str]]:
             "TPL001",
         ),
         "namespace-init": (f"{{{{ namespace.{init}.{glb} }}}}", "TPL001"),
+        "builtins-name-eval": (f"{{{{ {bi}['eval']('1') }}}}", "TPL001"),
+        "getattr-global-call": (f"{{{{ getattr(getattr('', '{cls}'), '{base}') }}}}", "TPL001"),
+        "chr-construction-join": (
+            "{{ ''.join([chr(95), chr(95), chr(99)]) }}",
+            "TPL002",
+        ),
+        "module-attribute-catch-warnings": (
+            "{% for c in messages %}{{ c()._module }}{% endfor %}",
+            "TPL001",
+        ),
         "include-file": ("{% include '/etc/passwd' %}", "TPL002"),
         "import-template": ("{% import 'helpers.j2' as h %}{{ h.x }}", "TPL002"),
         "unknown-callable-global": ("{{ shell('" + CMD + "') }}", "TPL002"),
