@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -191,21 +191,22 @@ class Sink:
         self.unscanned.append(Unscanned(file=file, reason=reason))
 
     def finish(self) -> None:
-        """Add one finding per (file, rule) that was capped, saying how many were left out."""
+        """Say, on the first listed finding of each capped (file, rule), how many were left out.
+
+        The count of findings stays the count of problems listed: no extra "N more" finding.
+        """
         for (file, rule_id), count in self._counts.items():
-            if count > MAX_FINDINGS_PER_RULE:
-                first = next(f for f in self.findings if f.file == file and f.rule_id == rule_id)
-                self.findings.append(
-                    Finding(
-                        rule_id,
-                        first.severity,
-                        file,
-                        "",
-                        f"{count - MAX_FINDINGS_PER_RULE} more finding(s) of this rule in "
-                        "this file were not listed",
-                        first.hint,
-                    )
-                )
+            if count <= MAX_FINDINGS_PER_RULE:
+                continue
+            at = next(
+                i for i, f in enumerate(self.findings) if f.file == file and f.rule_id == rule_id
+            )
+            first = self.findings[at]
+            self.findings[at] = replace(
+                first,
+                message=f"{first.message} (and {count - MAX_FINDINGS_PER_RULE} more finding(s) "
+                "of this rule in this file not listed)",
+            )
 
 
 def join_location(*parts: str) -> str:

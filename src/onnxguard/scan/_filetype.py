@@ -88,12 +88,26 @@ def sniff(blob: Blob, name: str, *, deep: bool = True, member: bool = False) -> 
     if blob.size == 0:
         return Kind.EMPTY
     head = blob.head(HEAD)
+    kind = _by_magic(head) or _by_signature(head, name.lower(), blob.size, member=member)
+    if kind is not None:
+        return kind
+    if not deep:
+        return _by_text_head(head, name.lower())
+    return _by_content(blob, head, name.lower())
+
+
+def _by_magic(head: bytes) -> Kind | None:
+    """Formats with a magic number, and pickles that start with PROTO."""
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return Kind.PICKLE  # members: confirmed by parsing before anything is reported
-    lower = name.lower()
+    return None
+
+
+def _by_signature(head: bytes, lower: str, size: int, *, member: bool) -> Kind | None:
+    """Formats recognised by a weaker signature at a fixed place (or, for ONNX, the name)."""
     if _is_safetensors(head) and (not member or lower.endswith(".safetensors")):
         return Kind.SAFETENSORS
     if (_is_pyc(head) and (not member or lower.endswith(".pyc"))) or _is_pe(head):
@@ -104,19 +118,30 @@ def sniff(blob: Blob, name: str, *, deep: bool = True, member: bool = False) -> 
         return Kind.ORT_FORMAT
     # ONNX Runtime needs ir_version, so a loadable model starts with field 1 (byte 0x08)
     if (
-        name.lower().endswith(".onnx")
+        lower.endswith(".onnx")
         or head[0] in (0x12, 0x1A)
         or (head[0] == 0x08 and _plausible_onnx(head))
     ):
         return Kind.ONNX
-    if not deep:
-        # archive members: decide from the head alone (a member may be gigabytes of tensor)
-        text = not _CONTROL.search(head) and _utf8_prefix(head)
-        if text and (name.lower().endswith(_PYTHON_SUFFIXES) or head.startswith(b"#!")):
-            return Kind.PYTHON
-        return Kind.TEXT if text else Kind.UNKNOWN
+    from onnxguard.scan.pickles import looks_truncated
+
+    if looks_truncated(head, size):
+        return Kind.PICKLE  # a pickle cut short: scanned, and reported as malformed
+    return None
+
+
+def _by_text_head(head: bytes, lower: str) -> Kind:
+    """Archive members: decide from the head alone (a member may be gigabytes of tensor)."""
+    text = not _CONTROL.search(head) and _utf8_prefix(head)
+    if text and (lower.endswith(_PYTHON_SUFFIXES) or head.startswith(b"#!")):
+        return Kind.PYTHON
+    return Kind.TEXT if text else Kind.UNKNOWN
+
+
+def _by_content(blob: Blob, head: bytes, lower: str) -> Kind:
+    """Formats without magic: text (or a protocol-0 pickle in disguise), SentencePiece,
+    PROTO-less binary pickles, and protobuf that may be ONNX."""
     if not _CONTROL.search(head) and _is_utf8(blob):
-        lower = name.lower()
         if lower.endswith(_PYTHON_SUFFIXES) or head.startswith(b"#!"):
             return Kind.PYTHON
         if head[:1] not in (b"{", b"[", b"#", b" ", b"\n") and _probe(blob):
@@ -221,7 +246,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
+def protobuf_fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
     """Decode one protobuf message level: (field, wire type, payload); ValueError if malformed."""
     out: list[tuple[int, int, bytes | int]] = []
     pos = 0
@@ -256,13 +281,13 @@ def _is_sentencepiece(blob: Blob) -> bool:
     with blob.open() as fh:
         data = fh.read()
     try:
-        top = _fields(data)
+        top = protobuf_fields(data)
         pieces = 0
         for field, wire, payload in top:
             if field not in (1, 2, 3, 4, 5) or wire != 2 or not isinstance(payload, bytes):
                 return False
             if field == 1:
-                for sub, sub_wire, value in _fields(payload):
+                for sub, sub_wire, value in protobuf_fields(payload):
                     if (sub, sub_wire) == (1, 2) and isinstance(value, bytes):
                         value.decode("utf-8")
                     elif (sub, sub_wire) not in ((2, 5), (3, 0)):

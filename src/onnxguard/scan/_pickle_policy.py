@@ -1,9 +1,10 @@
 """The pickle policy: which globals a state dict may import, and which are known gadgets.
 
 The allowlist mirrors what ``torch.load(weights_only=True)`` accepts (tensor rebuild functions,
-storages, dtypes, OrderedDict) plus numpy's array reconstruction; it is written out here rather
-than read from torch so that scanning never imports torch.  Everything else is at least "unknown"
-(high); the gadget lists only decide whether it is called critical.
+storages, dtypes, OrderedDict) plus numpy's array reconstruction and joblib's array wrapper (a
+plain attribute holder: joblib's reader, not the wrapper, turns it into an array); it is written
+out here rather than read from torch so that scanning never imports torch.  Everything else is
+at least "unknown" (high); the gadget lists only decide whether it is called critical.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ _TORCH_REBUILD = _words(
     """
 )
 
+# joblib's array wrappers: their arrays' bytes follow the wrapper in the stream (see pickles.py).
+JOBLIB_ARRAY_WRAPPERS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+        ("sklearn.externals.joblib.numpy_pickle", "NumpyArrayWrapper"),
+    }
+)
+
 SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     {
         ("collections", "OrderedDict"),
@@ -58,6 +67,7 @@ SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("torch.storage", "UntypedStorage"),
         ("_codecs", "encode"),
         ("builtins", "bytearray"),
+        ("builtins", "bytes"),  # b"" in protocols 0-2
         ("builtins", "set"),
         ("builtins", "frozenset"),
         ("builtins", "complex"),
@@ -72,6 +82,7 @@ SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("numpy.core.numeric", "_frombuffer"),
         ("numpy._core.numeric", "_frombuffer"),
     }
+    | JOBLIB_ARRAY_WRAPPERS
     | {("torch", dtype) for dtype in _TORCH_DTYPES}
     | {(mod, f"{kind}Storage") for kind in _TORCH_STORAGES for mod in ("torch", "torch.cuda")}
     | {(mod, f"{kind}Tensor") for kind in _TORCH_TENSORS for mod in ("torch", "torch.cuda")}

@@ -2,8 +2,8 @@
 
 Ids are stable (they appear in SARIF output, in the bundle manifest and in suppressions users
 write), so a rule is never renumbered; retired ids are not reused.  Prefixes: ``FILE`` file
-identification and layout, ``CFG`` configuration and custom code, ``PKL`` pickles, ``ARC``
-archives, ``SFT`` safetensors, ``ONNX`` ONNX graphs.
+identification and layout, ``CFG`` configuration and custom code, ``TPL`` chat templates,
+``PKL`` pickles, ``ARC`` archives, ``SFT`` safetensors, ``ONNX`` ONNX graphs.
 """
 
 from __future__ import annotations
@@ -119,6 +119,29 @@ _CATALOGUE = [
         "Do not load this file with Keras; remove it.",
     ),
     Rule(
+        "FILE010",
+        "keras-external-code",
+        _H,
+        "Keras v3 model config references code outside Keras (`module`/`registered_name`)",
+        "Loading imports that module (and deserialises its objects); use a model without "
+        "custom objects or review them.",
+    ),
+    Rule(
+        "FILE011",
+        "tensorflow-saved-model",
+        _I,
+        "TensorFlow SavedModel; onnxguard does not convert this format",
+        "Its graph was checked for ops that run Python or touch files; remove it if the build "
+        "does not need it.",
+    ),
+    Rule(
+        "FILE012",
+        "tensorflow-unsafe-op",
+        _H,
+        "TensorFlow graph op that runs Python or reads/writes files (PyFunc, ReadFile, ...)",
+        "Loading and running the graph executes it; re-export the model without it.",
+    ),
+    Rule(
         "FILE009",
         "pickle-checkpoint",
         _I,
@@ -148,6 +171,29 @@ _CATALOGUE = [
         _H,
         "Configuration registers a custom pipeline (remote code)",
         "Remove `custom_pipelines`; onnxguard never runs remote code.",
+    ),
+    # --- chat templates (Jinja2) ----------------------------------------------------------------
+    Rule(
+        "TPL001",
+        "template-injection",
+        _C,
+        "Chat template reaches Python internals (server-side template injection, CVE-2024-34359)",
+        "This template runs code where it is rendered; do not use this tokenizer config.",
+    ),
+    Rule(
+        "TPL002",
+        "template-unreviewed",
+        _H,
+        "Chat template uses a name, filter, test or construct outside the chat-template allowlist",
+        "Chat templates need message loops, role/content access and a few filters; review or "
+        "replace the template.",
+    ),
+    Rule(
+        "TPL003",
+        "template-unparseable",
+        _H,
+        "Chat template does not parse as Jinja2",
+        "Renderers with other Jinja dialects may read it differently; fix the template.",
     ),
     # --- pickles -------------------------------------------------------------------------------
     Rule(
@@ -196,9 +242,10 @@ _CATALOGUE = [
     Rule(
         "PKL007",
         "pickle-malformed",
-        _M,
-        "Pickle stream is malformed or truncated",
-        "The file is corrupt; download it again from a trusted source.",
+        _H,
+        "Pickle stream is malformed or truncated: the walk could not reach STOP",
+        "What a loader does with the rest cannot be known; download the file again from a "
+        "trusted source.",
     ),
     Rule(
         "PKL008",
@@ -213,6 +260,13 @@ _CATALOGUE = [
         _H,
         "TorchScript archive: torch.jit.load compiles and runs the code it contains",
         "Provide a plain state dict (safetensors) instead.",
+    ),
+    Rule(
+        "PKL010",
+        "pickle-frame-mismatch",
+        _H,
+        "Pickle FRAME length disagrees with the opcodes (C/Python unpickler differential)",
+        "Scanners and loaders read different opcodes from this stream; do not load it.",
     ),
     # --- archives ------------------------------------------------------------------------------
     Rule(
@@ -261,7 +315,7 @@ _CATALOGUE = [
         "ARC007",
         "archive-link-member",
         _H,
-        "Archive holds a link or device member (CVE-2007-4559)",
+        "Archive holds a symbolic/hard link or device member (CVE-2007-4559)",
         "Never extract this archive; re-create it without links.",
     ),
     # --- safetensors ---------------------------------------------------------------------------

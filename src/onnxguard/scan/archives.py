@@ -13,6 +13,7 @@ import ast
 import bz2
 import lzma
 import re
+import stat
 import struct
 import tarfile
 import zipfile
@@ -20,9 +21,10 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from onnxguard.scan._context import Blob, LazyBlob, Sink, Unscannable, join_location
+from onnxguard.scan._context import Blob, BytesBlob, LazyBlob, Sink, Unscannable, join_location
+from onnxguard.scan.keras_check import check_keras_archive, is_keras_archive
 from onnxguard.scan.pickles import scan_pickle_stream
 
 # (blob, member name, location, depth, forced pickle) -> None
@@ -81,14 +83,7 @@ class _ZipMember:
                 f"local header compression method {method} "
                 f"differs from the central directory's {info.compress_type}",
             )
-        if (flags | info.flag_bits) & 0x1:
-            sink.add(
-                "ARC004",
-                file,
-                location,
-                "member is flagged as encrypted; PyTorch ignores "
-                "the flag while zipfile-based scanners give up",
-            )
+        self.encrypted_flag = bool((flags | info.flag_bits) & 0x1)
         self.method = info.compress_type
         self.data_start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         if self.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -103,6 +98,22 @@ class _ZipMember:
             return zlib.decompressobj(-15).decompress(raw, n)
         except zlib.error:
             return b""
+
+    def plaintext_matches(self, limit: int) -> bool:
+        """Does the data of an encrypted-flagged member read as plaintext with the right CRC?
+
+        Yes: the flag is a lie (CVE-2025-1945: PyTorch ignores it, zipfile-based scanners give
+        up).  No: the member really is encrypted (a 12-byte header precedes ciphertext).
+        """
+        if self.info.file_size > limit:
+            return False
+        self.fh.seek(self.data_start)
+        raw = self.fh.read(self.info.compress_size)
+        try:
+            data = raw if self.method == zipfile.ZIP_STORED else zlib.decompress(raw, -15)
+        except zlib.error:
+            return False
+        return len(data) == self.info.file_size and zlib.crc32(data) == self.info.CRC
 
     def full(self, limit: int) -> bytes:
         size = self.info.file_size
@@ -140,8 +151,11 @@ class _ZipMember:
 
 def scan_zip(
     blob: Blob, sink: Sink, file: str, location: str, depth: int, scan_member: ScanMember
-) -> None:
-    """Scan every member of a ZIP archive (PyTorch checkpoint, npz, anything)."""
+) -> str:
+    """Scan every member of a ZIP archive (PyTorch checkpoint, Keras v3, npz, anything).
+
+    Returns the label for the file: ``"keras"`` for a Keras v3 model, else ``"zip"``.
+    """
     config = sink.config
     with blob.open() as fh:
         try:
@@ -156,50 +170,93 @@ def scan_zip(
                     f"{len(infos):,} members, above the limit of {config.max_archive_members:,}",
                 )
             )
-        for name, count in Counter(i.filename for i in infos).items():
-            if count > 1:
-                sink.add(
-                    "ARC002",
-                    file,
-                    join_location(location, f"zip member {name}"),
-                    f"{count} members are named {name!r}",
-                )
-        total = sum(i.file_size for i in infos)
-        if total > config.max_archive_bytes:
-            sink.add(
-                "ARC006",
-                file,
-                location,
-                f"members expand to {total:,} bytes, above the "
-                f"limit of {config.max_archive_bytes:,}",
-            )
-        script = [i.filename for i in infos if _TORCHSCRIPT.search(i.filename)]
-        if script:
-            sink.add(
-                "PKL009",
-                file,
-                join_location(location, f"zip member {script[0]}"),
-                f"TorchScript archive ({len(script)} code/constant members)",
-            )
+        _check_zip_directory(infos, sink, file, location)
         limit = max(config.max_pickle_bytes, config.max_nested_bytes)
+        encrypted: list[str] = []
+        members: dict[str, LazyBlob] = {}
         for info in infos:
+            where = join_location(location, f"zip member {info.filename}")
             if is_unsafe_member_name(info.filename):
                 sink.add(
                     "ARC001",
                     file,
-                    join_location(location, f"zip member {info.filename}"),
+                    where,
                     f"member name {info.filename!r} escapes the extraction directory",
                 )
             if info.is_dir():
                 continue
-            where = join_location(location, f"zip member {info.filename}")
             try:
                 member = _ZipMember(fh, info, sink, file, where)
             except Unscannable as exc:
                 sink.skip(file, str(exc))
                 continue
+            if member.encrypted_flag:
+                if not member.plaintext_matches(limit):
+                    encrypted.append(info.filename)
+                    continue
+                sink.add(
+                    "ARC004",
+                    file,
+                    where,
+                    "member is flagged as encrypted but holds plaintext; PyTorch ignores the "
+                    "flag while zipfile-based scanners give up",
+                )
             mblob = LazyBlob(info.file_size, member.head, partial(member.full, limit))
+            if _is_symlink(info):
+                target = mblob.head(1024).decode("utf-8", "replace")
+                sink.add("ARC007", file, where, f"symbolic link member pointing to {target!r}")
+                continue
+            members[info.filename] = mblob
             scan_member(mblob, info.filename, where, depth + 1, info.filename.endswith(".pkl"))
+        if encrypted:
+            shown = ", ".join(encrypted[:3]) + (" ..." if len(encrypted) > 3 else "")
+            sink.skip(
+                file,
+                join_location(
+                    location,
+                    f"encrypted ZIP ({len(encrypted)} member(s): {shown}): contents not checkable",
+                ),
+            )
+        if is_keras_archive(members):
+            check_keras_archive(members, sink, file, location)
+            return "keras"
+    return "zip"
+
+
+def _check_zip_directory(
+    infos: list[zipfile.ZipInfo], sink: Sink, file: str, location: str
+) -> None:
+    """Checks on the central directory as a whole: duplicates, total size, TorchScript."""
+    config = sink.config
+    for name, count in Counter(i.filename for i in infos).items():
+        if count > 1:
+            sink.add(
+                "ARC002",
+                file,
+                join_location(location, f"zip member {name}"),
+                f"{count} members are named {name!r}",
+            )
+    total = sum(i.file_size for i in infos)
+    if total > config.max_archive_bytes:
+        sink.add(
+            "ARC006",
+            file,
+            location,
+            f"members expand to {total:,} bytes, above the limit of {config.max_archive_bytes:,}",
+        )
+    script = [i.filename for i in infos if _TORCHSCRIPT.search(i.filename)]
+    if script:
+        sink.add(
+            "PKL009",
+            file,
+            join_location(location, f"zip member {script[0]}"),
+            f"TorchScript archive ({len(script)} code/constant members)",
+        )
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    """Unix mode bits in the external attributes say S_IFLNK (what unzip and tools extract)."""
+    return stat.S_ISLNK(info.external_attr >> 16)
 
 
 # --- tar -----------------------------------------------------------------------------------------
@@ -274,6 +331,76 @@ def _tar_member_blob(
         return read(member.size)
 
     return LazyBlob(member.size, read, full)
+
+
+# --- 7z ------------------------------------------------------------------------------------------
+def scan_7z(
+    blob: Blob, sink: Sink, file: str, location: str, depth: int, scan_member: ScanMember
+) -> None:
+    """Scan a 7z archive's members in memory with py7zr (nullifAI shipped pickles this way)."""
+    try:
+        import py7zr
+        from py7zr.io import BytesIOFactory
+    except ImportError as exc:
+        raise Unscannable(
+            join_location(location, "7z archive: py7zr is not installed (onnxguard[build])")
+        ) from exc
+    config = sink.config
+    with blob.open() as fh:
+        try:
+            archive = py7zr.SevenZipFile(fh)
+            with archive:
+                if archive.needs_password():
+                    raise Unscannable(
+                        join_location(location, "encrypted 7z archive: contents not checkable")
+                    )
+                infos = archive.list()
+                _check_7z_listing(infos, sink, file, location)
+                factory = BytesIOFactory(config.max_nested_bytes)
+                archive.extractall(factory=factory)  # noqa: S202 - into memory, never to disk
+        except Unscannable:
+            raise
+        except (py7zr.exceptions.ArchiveError, OSError, ValueError, EOFError, KeyError,
+                lzma.LZMAError, TypeError, AttributeError) as exc:  # fmt: skip
+            raise Unscannable(join_location(location, f"corrupt 7z archive: {exc}")) from exc
+    for info in infos:
+        if info.is_directory or info.is_symlink:
+            continue
+        where = join_location(location, f"7z member {info.filename}")
+        try:
+            product = factory.get(info.filename)  # type: ignore[no-untyped-call]
+        except KeyError:
+            sink.skip(file, f"{where}: member was not extracted")
+            continue
+        product.seek(0)
+        data = product.read()
+        scan_member(BytesBlob(data), info.filename, where, depth + 1, False)
+
+
+def _check_7z_listing(infos: list[Any], sink: Sink, file: str, location: str) -> None:
+    config = sink.config
+    if len(infos) > config.max_archive_members:
+        raise Unscannable(join_location(location, f"{len(infos):,} members in the 7z archive"))
+    total = sum(i.uncompressed or 0 for i in infos)
+    if total > config.max_nested_bytes:
+        raise Unscannable(
+            join_location(
+                location,
+                f"7z members expand to {total:,} bytes, above max_nested_bytes "
+                f"({config.max_nested_bytes:,})",
+            )
+        )
+    for info in infos:
+        where = join_location(location, f"7z member {info.filename}")
+        if is_unsafe_member_name(info.filename):
+            sink.add(
+                "ARC001",
+                file,
+                where,
+                f"member name {info.filename!r} escapes the extraction directory",
+            )
+        if info.is_symlink:
+            sink.add("ARC007", file, where, "symbolic link member")
 
 
 # --- compressed streams --------------------------------------------------------------------------

@@ -410,21 +410,12 @@ def resolve_external(
         sink.add("ONNX001", file, where, f"location {location!r} is absolute")
         return None
     parts = [p for p in norm.split("/") if p not in ("", ".")]
-    if ".." in parts or not parts:
-        sink.add("ONNX002", file, where, f"location {location!r} leaves the model directory")
+    if not parts:
+        sink.add("ONNX002", file, where, f"location {location!r} names the model directory")
         return None
-    current = model_dir
-    for part in parts:
-        current = current / part
-        if current.is_symlink():
-            sink.add(
-                "ONNX003",
-                file,
-                where,
-                f"location {location!r} goes through the link "
-                f"{current.name!r} -> {os.readlink(current)!r}",
-            )
-            return None
+    current = _walk_location(location, parts, model_dir, sink, file, where)
+    if current is None:
+        return None
     try:
         st = current.lstat()
     except OSError:
@@ -446,6 +437,47 @@ def resolve_external(
             "ONNX002", file, where, f"location {location!r} resolves outside the model directory"
         )
         return None
+    return current
+
+
+def _walk_location(
+    location: str, parts: list[str], model_dir: Path, sink: Sink, file: str, where: str
+) -> Path | None:
+    """Follow the location component by component as the kernel will when the runtime opens it.
+
+    ``sub/../weights.bin`` stays inside (``sub`` must be a real directory: ``..`` of a link
+    would lead to the link target's parent); a ``..`` above the model directory escapes; no
+    component may be a link.
+    """
+    current, depth = model_dir, 0
+    for part in parts:
+        if part == "..":
+            if depth == 0:
+                sink.add(
+                    "ONNX002", file, where, f"location {location!r} leaves the model directory"
+                )
+                return None
+            if not current.is_dir():
+                sink.add(
+                    "ONNX005",
+                    file,
+                    where,
+                    f"location {location!r}: {current.name!r} is not a "
+                    "directory, so the path cannot be opened",
+                )
+                return None
+            current, depth = current.parent, depth - 1
+            continue
+        current, depth = current / part, depth + 1
+        if current.is_symlink():
+            sink.add(
+                "ONNX003",
+                file,
+                where,
+                f"location {location!r} goes through the link "
+                f"{current.name!r} -> {os.readlink(current)!r}",
+            )
+            return None
     return current
 
 

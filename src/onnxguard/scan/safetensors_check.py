@@ -121,9 +121,34 @@ def scan_safetensors(blob: Blob, sink: Sink, file: str, location: str = "") -> i
             _loc(location, "__metadata__"),
             "`__metadata__` must map strings to strings",
         )
-    spans = _entries(header, sink, file, location)
-    _check_layout(spans, size - 8 - length, sink, file, location)
+    grouped = _PerCause()
+    spans = _entries(header, grouped, file, location)
+    _check_layout(spans, size - 8 - length, grouped, file, location)
+    grouped.flush(sink)
     return len(header)
+
+
+class _PerCause:
+    """Buffers per-tensor findings and reports one per rule with a count.
+
+    A truncated file makes every tensor after the cut "outside the file": one finding that says
+    how many (and names the first few) is the report; fifty copies of it are noise.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[tuple[str, str, str]]] = {}
+
+    def add(self, rule_id: str, file: str, location: str, message: str) -> None:
+        self.items.setdefault(rule_id, []).append((file, location, message))
+
+    def flush(self, sink: Sink) -> None:
+        for rule_id, entries in self.items.items():
+            file, location, message = entries[0]
+            if len(entries) > 1:
+                others = [loc.rsplit("tensor ", 1)[-1] for _f, loc, _m in entries[1:4]]
+                more = f" and {len(entries) - 4} more" if len(entries) > 4 else ""
+                message = f"{len(entries)} tensors: {message} (also {', '.join(others)}{more})"
+            sink.add(rule_id, file, location, message)
 
 
 def _loc(location: str, tensor: str) -> str:
@@ -131,7 +156,7 @@ def _loc(location: str, tensor: str) -> str:
 
 
 def _entries(
-    header: dict[str, Any], sink: Sink, file: str, location: str
+    header: dict[str, Any], sink: _PerCause, file: str, location: str
 ) -> list[tuple[int, int, str]]:
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
@@ -188,7 +213,7 @@ def _entries(
 
 
 def _check_layout(
-    spans: list[tuple[int, int, str]], data_size: int, sink: Sink, file: str, location: str
+    spans: list[tuple[int, int, str]], data_size: int, sink: _PerCause, file: str, location: str
 ) -> None:
     """Spans must tile [0, data_size) exactly: no overlap, no gap, nothing outside or after."""
     expected = 0

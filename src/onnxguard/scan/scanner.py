@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 from onnxguard.errors import ScanFindingsError, ScanIncompleteError, ScanTargetError
-from onnxguard.scan import archives, config_check, safetensors_check
+from onnxguard.scan import archives, config_check, gguf_check, safetensors_check, tf_check
 from onnxguard.scan._context import (
     Blob,
     BytesBlob,
@@ -30,16 +30,13 @@ from onnxguard.scan.report import ScannedFile, ScanReport
 _EOCD = b"PK\x05\x06"
 _TAIL = 65536 + 22
 _NOT_SUPPORTED = {
-    Kind.SEVEN_ZIP: "7z archive: not a format PyTorch or onnxguard loads, and its content cannot "
-    "be checked (nullifAI shipped pickles this way); unpack it and scan the files",
     Kind.RAR: "RAR archive: content cannot be checked; unpack it and scan the files",
     Kind.ZSTD: "zstd stream: content cannot be checked; decompress it and scan the result",
-    Kind.GGUF: "GGUF model: not a format onnxguard converts; its content was not checked",
     Kind.ORT_FORMAT: "ONNX Runtime (.ort) flatbuffer model: not parsed; scan the .onnx it was "
     "made from",
 }
 _DEEP_SNIFF_BYTES = 1 << 20  # archive members up to this size are read whole to identify them
-_ARCHIVE_KINDS = frozenset({Kind.ZIP, Kind.TAR, Kind.GZIP, Kind.BZIP2, Kind.XZ})
+_ARCHIVE_KINDS = frozenset({Kind.ZIP, Kind.TAR, Kind.GZIP, Kind.BZIP2, Kind.XZ, Kind.SEVEN_ZIP})
 
 
 def scan_path(path: Path | str, config: ScanConfig | None = None) -> ScanReport:
@@ -142,6 +139,7 @@ class _Scanner:
         self.sink = sink
         self.config = sink.config
         self._current = ""
+        self.saved_models: set[str] = set()  # directories of parsed SavedModels
 
     def run(self, entries: list[tuple[str, Path]]) -> None:
         regular: list[tuple[str, Path, os.stat_result]] = []
@@ -174,7 +172,12 @@ class _Scanner:
                 self.sink.skip(rel, f"cannot read: {exc}")
         # Models named *.onnx first: raw weights can look like a protobuf by chance.
         candidates = [e for e in regular if kinds.get(e[0]) is Kind.ONNX]
-        candidates.sort(key=lambda e: not e[0].lower().endswith(".onnx"))
+        candidates.sort(
+            key=lambda e: (
+                not e[0].lower().endswith(".onnx"),
+                not tf_check.is_saved_model_file(e[0]),
+            )
+        )
         external: set[str] = set()
         for rel, full, st in candidates:
             if os.path.realpath(full) not in external:
@@ -184,9 +187,14 @@ class _Scanner:
             if kind is None:
                 continue
             blob = FileBlob(full, st.st_size)
+            data_kind = tf_check.saved_model_data_kind(rel, self.saved_models)
             if os.path.realpath(full) in external and not self._loadable(kind, blob):
                 self.sink.files.append(ScannedFile(rel, "onnx-external-data", st.st_size))
-            elif kind is not Kind.ONNX:
+            elif kind is Kind.ONNX:
+                continue  # checked (or reported unscannable) with the models above
+            elif data_kind is not None and not self._loadable(kind, blob):
+                self.sink.files.append(ScannedFile(rel, data_kind, st.st_size))
+            else:
                 self.scan_file(rel, blob, kind)
 
     def _symlink(self, rel: str, full: Path) -> Path | None:
@@ -214,13 +222,29 @@ class _Scanner:
         try:
             external = scan_onnx(full, size, self.sink, rel, full.parent)
         except Unscannable as exc:
-            self.sink.skip(rel, str(exc))
+            data_kind = tf_check.saved_model_data_kind(rel, self.saved_models)
+            if tf_check.is_saved_model_file(rel):
+                self._saved_model(rel, full, size)
+            elif data_kind is not None:
+                self.sink.files.append(ScannedFile(rel, data_kind, size))
+            else:
+                self.sink.skip(rel, str(exc))
             return set()
         except Exception as exc:  # a scanner bug must fail closed, never pass the file
             self.sink.skip(rel, f"scanner error ({type(exc).__name__}: {exc}); not trusted")
             return set()
         self.sink.files.append(ScannedFile(rel, Kind.ONNX.value, size))
         return external
+
+    def _saved_model(self, rel: str, full: Path, size: int) -> None:
+        """A ``saved_model.pb`` that is not ONNX: a TensorFlow SavedModel, checked op by op."""
+        try:
+            tf_check.scan_saved_model(full, size, self.sink, rel)
+        except Unscannable as exc:
+            self.sink.skip(rel, str(exc))
+            return
+        self.saved_models.add(rel.rpartition("/")[0])
+        self.sink.files.append(ScannedFile(rel, "tensorflow-saved-model", size))
 
     def _loadable(self, kind: Kind, blob: Blob) -> bool:
         """Is an ONNX data file also something a loader would open as a model format?"""
@@ -277,8 +301,11 @@ class _Scanner:
         if kind in (Kind.PICKLE, Kind.TORCH_LEGACY):
             self._pickle(blob, file, location, kind)
         elif kind is Kind.ZIP:
-            archives.scan_zip(blob, sink, file, location, depth, self._member)
-            return "zip"
+            return archives.scan_zip(blob, sink, file, location, depth, self._member)
+        elif kind is Kind.SEVEN_ZIP:
+            archives.scan_7z(blob, sink, file, location, depth, self._member)
+        elif kind is Kind.GGUF:
+            gguf_check.scan_gguf(blob, sink, file, location)
         elif kind is Kind.TAR:
             archives.scan_tar(blob, sink, file, location, depth, self._member)
         elif kind in (Kind.GZIP, Kind.BZIP2, Kind.XZ):
@@ -300,7 +327,7 @@ class _Scanner:
         elif kind is Kind.PYTHON:
             sink.add("CFG002", file, location, f"{name.rsplit('/', 1)[-1]} is code")
         elif kind is Kind.TEXT:
-            return config_check.scan_text(blob, sink, file, location)
+            return config_check.scan_text(blob, sink, file, location, name)
         elif kind is Kind.SENTENCEPIECE:
             pass  # tokenizer data: every field was decoded while identifying it
         elif kind is Kind.ONNX:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from unit.scan import format_samples as fs
 from unit.scan.onnx_samples import (
     make_onnx_aten_fallback,
     make_onnx_constant_of_shape_bomb,
@@ -189,6 +190,34 @@ def make_protocol0_renamed_txt(d: Path) -> Path:  # CVE-2025-1889 (extension-bas
 def make_nullifai_broken_pickle(d: Path) -> Path:
     broken = b"\x80\x02" + call(glob("os", "system"), ustr(PAYLOAD)) + b"0" + b"\xff\xfebroken"
     return _write(d, "pytorch_model.bin", broken)
+
+
+def protocol0_payload() -> bytes:
+    """``os.system(PAYLOAD)`` in protocol 0 (text), without PROTO."""
+    return b"cos\nsystem\n(S'" + PAYLOAD.encode() + b"'\ntR."
+
+
+def make_long_line_fail_open(d: Path) -> Path:
+    """A 70 KB UNICODE line, popped, then os.system: pickle.load reads lines of any length."""
+    line = b"V" + b"A" * 70_000 + b"\n0"
+    return _write(d, "pytorch_model.bin", b"\x80\x02" + line + protocol0_payload())
+
+
+def make_long_line_text_disguise(d: Path) -> Path:
+    """The same long-line trick without PROTO: the file is valid UTF-8 text."""
+    return _write(d, "notes.txt", b"V" + b"A" * 70_000 + b"\n0" + protocol0_payload())
+
+
+def make_frame_length_mismatch(d: Path) -> Path:  # C/Python unpickler differential
+    """A FRAME that ends inside the GLOBAL opcode: pure-Python pickle refuses, C reads on."""
+    body = glob("os", "system") + ustr(PAYLOAD) + b"\x85R."
+    frame = b"\x95" + struct.pack("<Q", 5)
+    return _write(d, "model.pkl", b"\x80\x04" + frame + body)
+
+
+def make_truncated_binunicode(d: Path) -> Path:
+    """First opcode BINUNICODE with a 3 GB length whose bytes decode as UTF-8 text."""
+    return _write(d, "model.pkl", b"X\xc3\xbf\xc3\xbf" + b"tail of a cut-off pickle")
 
 
 def make_nullifai_7z(d: Path) -> Path:
@@ -411,6 +440,10 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("CVE-2025-1889-protocol0-as-txt", make_protocol0_renamed_txt, ("PKL001",), "pickle"),
     Sample("nullifai-broken-pickle", make_nullifai_broken_pickle, ("PKL001", "PKL006"), "pytorch"),
     Sample("nullifai-7z-checkpoint", make_nullifai_7z, (), "pytorch"),
+    Sample("pickle-long-line-fail-open", make_long_line_fail_open, ("PKL001",), "pickle"),
+    Sample("pickle-long-line-as-text", make_long_line_text_disguise, ("PKL001",), "pickle"),
+    Sample("pickle-frame-length-mismatch", make_frame_length_mismatch, ("PKL010",), "pickle"),
+    Sample("pickle-truncated-binunicode", make_truncated_binunicode, ("PKL007",), "pickle"),
     Sample(
         "CVE-2025-1944-zip-name-mismatch", make_zip_name_mismatch, ("ARC003", "PKL001"), "pytorch"
     ),
@@ -481,4 +514,98 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("onnx-invalid-graph", make_onnx_invalid_graph, ("ONNX032",), "onnx"),
     Sample("shadowlogic-where", make_shadowlogic_where, ("ONNX031",), "onnx"),
     Sample("shadowlogic-if", make_shadowlogic_if, ("ONNX031",), "onnx"),
+    # chat templates (CVE-2024-34359 family), Keras v3, links, 7z, SavedModel
+    Sample(
+        "CVE-2024-34359-template-tokenizer-config",
+        fs.make_template_tokenizer_config,
+        ("TPL001",),
+        "chat-template",
+    ),
+    Sample(
+        "template-named-list-attr-chain", fs.make_template_named_list, ("TPL001",), "chat-template"
+    ),
+    Sample(
+        "template-printf-built-dunder",
+        fs.make_template_obfuscated_attr,
+        ("TPL001",),
+        "chat-template",
+    ),
+    Sample(
+        "template-jinja-file-popen-loop", fs.make_template_jinja_file, ("TPL001",), "chat-template"
+    ),
+    Sample("template-yaml-config", fs.make_template_yaml, ("TPL001",), "chat-template"),
+    Sample("template-gguf-metadata", fs.make_template_gguf, ("TPL001",), "gguf"),
+    Sample("CVE-2024-3660-keras-v3-lambda", fs.make_keras_v3_lambda, ("FILE008",), "keras"),
+    Sample(
+        "keras-v3-module-outside-keras", fs.make_keras_v3_external_module, ("FILE010",), "keras"
+    ),
+    Sample("zip-symlink-etc-passwd", fs.make_zip_symlink_passwd, ("ARC007",), "zip"),
+    Sample("torch-zip-symlink-member", fs.make_torch_zip_symlink, ("ARC007",), "pytorch"),
+    Sample("nullifai-7z-pickle", fs.make_7z_pickle, ("PKL001",), "7z"),
+    Sample("savedmodel-eager-pyfunc", fs.make_savedmodel_pyfunc, ("FILE012",), "tensorflow"),
+    Sample("savedmodel-readfile", fs.make_savedmodel_readfile, ("FILE012",), "tensorflow"),
+)
+
+
+@dataclass(frozen=True)
+class Clean:
+    """A benign file every scanner should pass (the false-alarm controls)."""
+
+    name: str
+    make: Callable[[Path], Path]
+    format: str
+
+
+def make_clean_joblib(d: Path) -> Path:
+    import joblib
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    joblib.dump(
+        {"w": np.arange(12.0).reshape(3, 4), "names": np.array(["a", "b"])}, d / "model.joblib"
+    )
+    return d
+
+
+def make_clean_numpy_pickles(d: Path) -> Path:
+    import pickle
+
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    data = {"a": np.arange(4), "b": [1, 2.5, "x"], "s": np.float32(1.5)}
+    for proto in range(6):
+        (d / f"p{proto}.pkl").write_bytes(pickle.dumps(data, protocol=proto))
+    return d
+
+
+def make_clean_state_dict_zip(d: Path) -> Path:
+    return _write(d, "pytorch_model.bin", _torch_zip(_checkpoint_entries(_state_dict_pickle())))
+
+
+def make_clean_external_data_dotdot(d: Path) -> Path:
+    from unit.scan.onnx_samples import _external, _onnx_model, _save
+
+    (d / "sub").mkdir(parents=True, exist_ok=True)
+    _write(d, "weights.bin", struct.pack("<4f", 1, 2, 3, 4))
+    return _save(d, _onnx_model(initializers=[_external("sub/../weights.bin")]))
+
+
+def make_clean_safetensors(d: Path) -> Path:
+    header = {"a": _f32([2], 0, 8), "b": _f32([1], 8, 12), "__metadata__": {"format": "pt"}}
+    return _write(d, "model.safetensors", safetensors_bytes(header, b"\x00" * 12))
+
+
+CLEAN: tuple[Clean, ...] = (
+    Clean("clean-torch-state-dict-zip", make_clean_state_dict_zip, "pytorch"),
+    Clean("clean-numpy-pickles-p0-p5", make_clean_numpy_pickles, "pickle"),
+    Clean("clean-joblib-numpy-arrays", make_clean_joblib, "joblib"),
+    Clean("clean-safetensors", make_clean_safetensors, "safetensors"),
+    Clean("clean-onnx-external-data-sub-dotdot", make_clean_external_data_dotdot, "onnx"),
+    Clean("clean-tokenizer-config-llama3.1-tools", fs.make_clean_tokenizer_config, "chat-template"),
+    Clean("clean-gguf-qwen2.5-template", fs.make_clean_gguf, "gguf"),
+    Clean("clean-keras-v3-dense", fs.make_clean_keras_v3, "keras"),
+    Clean("clean-7z-config", fs.make_clean_7z, "7z"),
+    Clean("clean-savedmodel", fs.make_clean_savedmodel, "tensorflow"),
+    Clean("clean-encrypted-zip", fs.make_clean_encrypted_zip, "zip"),
 )

@@ -123,11 +123,11 @@ def test_unknown_global_is_high_not_critical(tmp_path: Path) -> None:
     assert not report.failed("critical")
 
 
-def test_truncated_pickle_without_globals_is_medium(tmp_path: Path) -> None:
+def test_truncated_pickle_without_globals_fails_closed(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.pkl").write_bytes(b"\x80\x02}q\x00(X\x01\x00\x00\x00a")
     report = scan_path(tmp_path / "m")
-    assert finding(report, "PKL007").severity is Severity.MEDIUM
+    assert finding(report, "PKL007").severity is Severity.HIGH  # never a pass
     assert "PKL006" not in rules_of(report)
 
 

@@ -118,13 +118,31 @@ def test_text_report_hides_info_unless_asked(tmp_path: Path) -> None:
     assert "1 info" in report.to_text()
 
 
-def test_findings_per_rule_are_capped(tmp_path: Path) -> None:
-    header = {f"t{i}": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]} for i in range(80)}
+def test_findings_per_rule_are_capped_and_the_count_is_the_listed_problems(
+    tmp_path: Path,
+) -> None:
+    body = b"".join(samples.glob(f"pkg{i}", "Thing") + b"0" for i in range(80))
     d = tmp_path / "m"
-    samples._write(d, "model.safetensors", samples.safetensors_bytes(header, b"\x00" * 8))
+    samples._write(d, "model.pkl", b"\x80\x02" + body + b"N.")
     report = scan_path(d)
-    sft005 = [f for f in report.findings if f.rule_id == "SFT005"]
-    assert len(sft005) == 51 and any("30 more finding(s)" in f.message for f in sft005)
+    pkl002 = [f for f in report.findings if f.rule_id == "PKL002"]
+    assert len(pkl002) == 50
+    assert sum("30 more finding(s)" in f.message for f in pkl002) == 1
+    assert report.summary()["findings"]["high"] == 50  # no extra "N more" finding counted
+
+
+def test_truncated_safetensors_is_one_finding_per_cause(tmp_path: Path) -> None:
+    header = {
+        f"t{i:02d}": {"dtype": "F32", "shape": [2], "data_offsets": [8 * i, 8 * i + 8]}
+        for i in range(60)
+    }
+    d = tmp_path / "m"
+    samples._write(d, "model.safetensors", samples.safetensors_bytes(header, b"\x00" * 100))
+    report = scan_path(d)
+    assert [f.rule_id for f in report.findings] == ["SFT006"]
+    (only,) = report.findings
+    assert only.message.startswith("48 tensors: ") and "t13" in only.message
+    assert "and 44 more" in only.message
 
 
 # --- CLI -----------------------------------------------------------------------------------------
