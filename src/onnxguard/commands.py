@@ -80,8 +80,15 @@ def build_command(
         None, help="Text file (one input per line) for --quantize static."),
     validation_data: Path | None = typer.Option(
         None, help="Text file or label<TAB>text TSV for validation (default: built-in set)."),
-    min_agreement: float = typer.Option(0.99, help="Quantized top-1 agreement budget."),
+    min_agreement: float = typer.Option(
+        0.95, help="Unlabelled data: 95% lower bound of int8/PyTorch top-1 agreement."),
+    max_accuracy_drop: float = typer.Option(
+        0.5, help="Labelled data (label<TAB>text): accuracy points int8 may lose vs PyTorch."),
     min_cosine: float = typer.Option(0.99, help="Quantized cosine budget (embeddings)."),
+    min_recall: float = typer.Option(
+        0.95, help="Embeddings: recall@10 of PyTorch's nearest neighbours int8 must keep."),
+    keep_fp32: bool = typer.Option(
+        False, "--keep-fp32", help="Also ship the fp32 graph (model.fp32.onnx) next to int8."),
     fp32_atol: float = typer.Option(1e-3, help="fp32 max abs difference allowed."),
     min_speedup: float = typer.Option(
         1.05, help="int8 must also be this much faster than fp32 (measured) to ship."),
@@ -115,8 +122,10 @@ def build_command(
         out=out, source=source, revision=revision, task=task, quantize=mode,
         calibration=calibration, validation_data=validation_data,
         tolerance=Tolerance(fp32_atol=fp32_atol, min_agreement=min_agreement,
-                            min_cosine=min_cosine, min_speedup=min_speedup),
-        max_length=max_length, opset=opset, force=force, allow_pickle=allow_pickle, name=name,
+                            max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
+                            min_recall=min_recall, min_speedup=min_speedup),
+        max_length=max_length, opset=opset, force=force, keep_fp32=keep_fp32,
+        allow_pickle=allow_pickle, name=name,
         sign_key=sign_key, scan_fail_on=scan_fail_on,
     )
     progress_console = Console(stderr=True)

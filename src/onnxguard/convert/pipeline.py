@@ -30,16 +30,20 @@ from onnxguard.bundle import (
 )
 from onnxguard.convert.export import OPSET, export_onnx, load_torch_model
 from onnxguard.convert.optimize import optimize
-from onnxguard.convert.quantize import QuantizeMode, measure_speedup, quantize_candidates
+from onnxguard.convert.profile import session_profile
+from onnxguard.convert.quantize import QuantizeMode
+from onnxguard.convert.select import Decision, choose, speed_feeds
 from onnxguard.convert.validate import (
     Reference,
     Tolerance,
+    ValidationData,
     ValidationResult,
-    builtin_sentences,
+    builtin_data,
     compare,
     compute_reference,
     make_cases,
     read_text_lines,
+    read_validation_data,
     run_onnx,
 )
 from onnxguard.errors import MissingTokenizerError, UsageError, ValidationFailedError
@@ -74,6 +78,8 @@ class BuildConfig:
     max_length: int | None = None
     opset: int = OPSET
     force: bool = False
+    keep_fp32: bool = False
+    """Also ship the optimized fp32 graph as model.fp32.onnx when int8 ships."""
     allow_pickle: bool = False
     sign_key: Path | None = None
     name: str | None = None
@@ -122,22 +128,68 @@ class _Timer:
             self.progress(StageEvent(stage, self.seconds[stage], detail))
 
 
+@dataclass(frozen=True)
+class _Model:
+    """What the source stage learns about the model (before anything is exported)."""
+
+    source: ResolvedSource
+    scan: Any
+    config: dict[str, Any]
+    spec: ArchitectureSpec
+    task: Task
+    pooling: PoolingSpec | None
+    input_names: list[str]
+    max_length: int
+    tokenizer_json: str
+    tokenizer: Any
+
+
+@dataclass(frozen=True)
+class _Graphs:
+    """The fp32 graphs, their checks, and the PyTorch reference every graph is judged against."""
+
+    exported: Any
+    optimized: Any
+    reference: Reference
+    export_check: ValidationResult
+    fp32_check: ValidationResult
+
+
 def build_bundle(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
     """Build, validate and write a bundle; raises an OnnxGuardError subclass on any failure."""
     started = time.perf_counter()
     timer = _Timer(progress)
     out = Path(config.out)
     prepare_output(out, force=config.force)
-    sentences = (
+    if config.validation_data:  # unreadable data fails before the slow stages
         read_text_lines(config.validation_data, "validation")
-        if config.validation_data else builtin_sentences()
-    )
     calibration = read_text_lines(config.calibration, "calibration") if config.calibration else []
     if config.quantize is QuantizeMode.STATIC and not calibration:
         raise UsageError(
             "--quantize static needs --calibration FILE",
             hint="pass a text file with one representative input per line (100-500 lines)",
         )
+    model = _source_stage(config, timer)
+    data = (read_validation_data(config.validation_data, _labels(model.config))
+            if config.validation_data else builtin_data())
+    with tempfile.TemporaryDirectory(prefix="onnxguard-build-") as work_str, \
+            staging_dir(out) as staged:
+        work = Path(work_str)
+        graphs = _fp32_stages(config, model, data, work, timer)
+        decision = _quantize_stage(config, model, graphs, work, calibration, timer)
+        manifest = _bundle_stage(config, model, graphs, decision, data, staged, timer)
+        if config.sign_key is not None:
+            from onnxguard.integrity.signing import sign_bundle
+
+            sign_bundle(staged, config.sign_key)
+            timer.done("sign", f"model.sig with {config.sign_key.name}")
+        publish(staged, out, force=config.force)
+    return BuildResult(out, manifest, timer.seconds, time.perf_counter() - started)
+
+
+def _source_stage(config: BuildConfig, timer: _Timer) -> _Model:
+    """Resolve and scan the source, then work out task, inputs, length and tokenizer."""
+    from onnxguard._tokenize import load_tokenizer
 
     source = resolve_source(config.source, revision=config.revision,
                             allow_pickle=config.allow_pickle)
@@ -153,88 +205,113 @@ def build_bundle(config: BuildConfig, progress: Progress | None = None) -> Build
     )
     max_length = _max_length(source, model_config, spec, config.max_length)
     tokenizer_json = _tokenizer_json(source.path, max_length)
-    from onnxguard._tokenize import load_tokenizer
+    return _Model(source, source_scan, model_config, spec, task, pooling, input_names,
+                  max_length, tokenizer_json, load_tokenizer(tokenizer_json, max_length))
 
-    tokenizer = load_tokenizer(tokenizer_json, max_length)
 
-    with tempfile.TemporaryDirectory(prefix="onnxguard-build-") as work_str, \
-            staging_dir(out) as staged:
-        work = Path(work_str)
-        export_model = load_torch_model(source.path, task, allow_pickle=config.allow_pickle)
-        exported = export_onnx(
-            export_model, task=task, input_names=input_names, pooling=pooling,
-            out_path=work / "model.export.onnx", opset=config.opset,
-            vocab_size=int(model_config.get("vocab_size", 100)),
-        )
-        del export_model
-        timer.done("export", f"{exported.exporter} exporter, opset {exported.opset}")
+def _fp32_stages(
+    config: BuildConfig, model: _Model, data: ValidationData, work: Path, timer: _Timer
+) -> _Graphs:
+    """Export, check against PyTorch, fuse, check again: an fp32 mismatch fails the build."""
+    export_model = load_torch_model(model.source.path, model.task,
+                                    allow_pickle=config.allow_pickle)
+    exported = export_onnx(
+        export_model, task=model.task, input_names=model.input_names, pooling=model.pooling,
+        out_path=work / "model.export.onnx", opset=config.opset,
+        vocab_size=int(model.config.get("vocab_size", 100)),
+    )
+    del export_model
+    timer.done("export", f"{exported.exporter} exporter, opset {exported.opset}")
+    reference = _reference(model, data, config.allow_pickle)
+    export_check = _validate(exported.path, "export-fp32", model.task, reference, config, False)
+    timer.done("validate", _metrics_line(export_check))
+    optimized = optimize(exported.path, work / FP32_MODEL_NAME, model.spec, model.config)
+    fp32_check = _validate(optimized.path, "optimized-fp32", model.task, reference, config,
+                           False)
+    timer.done("optimize", optimized.to_dict()["summary"])
+    return _Graphs(exported, optimized, reference, export_check, fp32_check)
 
-        reference = _reference(source, task, pooling, input_names, tokenizer, sentences,
-                               max_length, config.allow_pickle)
-        export_check = _validate(exported.path, "export-fp32", task, reference, config, False)
-        timer.done("validate", _metrics_line(export_check))
 
-        optimized = optimize(exported.path, work / FP32_MODEL_NAME, spec, model_config)
-        fp32_check = _validate(optimized.path, "optimized-fp32", task, reference, config, False)
-        timer.done("optimize", optimized.to_dict()["summary"])
+def _quantize_stage(
+    config: BuildConfig, model: _Model, graphs: _Graphs, work: Path, calibration: list[str],
+    timer: _Timer,
+) -> Decision:
+    """Every candidate through the gate; the cheapest within budget ships (see select)."""
+    def validate(path: Path, name: str) -> ValidationResult:
+        return _validate(path, name, model.task, graphs.reference, config, True)
 
-        chosen, precision, quant_record = _choose_quantized(
-            optimized.path, work, task, reference, config, tokenizer, input_names, calibration
-        )
-        timer.done("quantize", quant_record["decision"])
+    decision = choose(
+        graphs.optimized.path, work, model.task, graphs.reference, config.tolerance,
+        config.quantize, validate,
+        _calibration_feeds(model.tokenizer, model.input_names, calibration),
+    )
+    decision.record["shipped_graph"] = session_profile(
+        decision.path, speed_feeds(graphs.reference))
+    timer.done("quantize", decision.record["decision"])
+    return decision
 
-        stages = {
-            "export": exported.to_dict(),
-            "validation": {
-                "export_fp32": export_check.to_dict(),
-                "optimized_fp32": fp32_check.to_dict(),
-                "tolerance": vars(config.tolerance),
-                "sentences": len(sentences),
-                "data": str(config.validation_data) if config.validation_data else "built-in",
-                "reference_seconds": round(reference.seconds, 2),
-            },
-            "optimization": optimized.to_dict(),
-            "quantization": quant_record,
-        }
-        shutil.copyfile(chosen, staged / MODEL_NAME)
-        if chosen != optimized.path:
-            shutil.copyfile(optimized.path, staged / FP32_MODEL_NAME)
-        (staged / TOKENIZER_NAME).write_text(tokenizer_json, encoding="utf-8")
-        for extra in TOKENIZER_EXTRAS:
-            if (source.path / extra).is_file():
-                shutil.copyfile(source.path / extra, staged / extra)
-        manifest = Manifest(
-            name=config.name or _bundle_name(source),
-            task=task.value,
-            inputs=tuple(input_names),
-            outputs=exported.output_names,
-            max_length=max_length,
-            labels=_labels(model_config) if task is not Task.FEATURE_EXTRACTION else (),
-            pooling=pooling.to_dict() if pooling else None,
-            precision=precision,
-            source=source.to_dict() | {"model_type": spec.model_type},
-            tools=_tool_versions(),
-            stages=stages,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        manifest = replace(manifest, files=file_entries(
-            staged, [p.name for p in staged.iterdir() if p.is_file()]
-        ))
-        bundle_scan = _scan(staged, config, False)
-        manifest = replace(manifest, stages=manifest.stages | {"scan": {
-            "source": source_scan.summary(), "bundle": bundle_scan.summary(),
-            "fail_on": config.scan_fail_on,
-            "summary": f"source {_scan_line(source_scan)}; bundle {_scan_line(bundle_scan)}",
-        }})
-        write_manifest(staged, manifest)
-        timer.done("bundle", f"{len(manifest.files)} files; scan: {_scan_line(bundle_scan)}")
-        if config.sign_key is not None:
-            from onnxguard.integrity.signing import sign_bundle
 
-            sign_bundle(staged, config.sign_key)
-            timer.done("sign", f"model.sig with {config.sign_key.name}")
-        publish(staged, out, force=config.force)
-    return BuildResult(out, manifest, timer.seconds, time.perf_counter() - started)
+def _bundle_stage(
+    config: BuildConfig, model: _Model, graphs: _Graphs, decision: Decision,
+    data: ValidationData, staged: Path, timer: _Timer,
+) -> Manifest:
+    """Copy the shipped files, scan them, and write the manifest (still in staging)."""
+    shutil.copyfile(decision.path, staged / MODEL_NAME)
+    if config.keep_fp32 and decision.path != graphs.optimized.path:
+        shutil.copyfile(graphs.optimized.path, staged / FP32_MODEL_NAME)
+    (staged / TOKENIZER_NAME).write_text(model.tokenizer_json, encoding="utf-8")
+    for extra in TOKENIZER_EXTRAS:
+        if (model.source.path / extra).is_file():
+            shutil.copyfile(model.source.path / extra, staged / extra)
+    stages = {
+        "export": graphs.exported.to_dict(),
+        "validation": _validation_record(config, graphs, data),
+        "optimization": graphs.optimized.to_dict(),
+        "quantization": decision.record,
+    }
+    manifest = Manifest(
+        name=config.name or _bundle_name(model.source),
+        task=model.task.value,
+        inputs=tuple(model.input_names),
+        outputs=graphs.exported.output_names,
+        max_length=model.max_length,
+        labels=_labels(model.config) if model.task is not Task.FEATURE_EXTRACTION else (),
+        pooling=model.pooling.to_dict() if model.pooling else None,
+        precision=decision.precision,
+        source=model.source.to_dict() | {"model_type": model.spec.model_type},
+        tools=_tool_versions(),
+        stages=stages,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    manifest = replace(manifest, files=file_entries(
+        staged, [p.name for p in staged.iterdir() if p.is_file()]
+    ))
+    bundle_scan = _scan(staged, config, False)
+    manifest = replace(manifest, stages=manifest.stages | {"scan": {
+        "source": model.scan.summary(), "bundle": bundle_scan.summary(),
+        "fail_on": config.scan_fail_on,
+        "summary": f"source {_scan_line(model.scan)}; bundle {_scan_line(bundle_scan)}",
+    }})
+    write_manifest(staged, manifest)
+    timer.done("bundle", f"{len(manifest.files)} files; scan: {_scan_line(bundle_scan)}")
+    return manifest
+
+
+def _validation_record(
+    config: BuildConfig, graphs: _Graphs, data: ValidationData
+) -> dict[str, Any]:
+    shape_cases = sum(len(c.texts) for c in graphs.reference.cases if c.split is None)
+    return {
+        "export_fp32": graphs.export_check.to_dict(),
+        "optimized_fp32": graphs.fp32_check.to_dict(),
+        "tolerance": vars(config.tolerance),
+        **data.describe(),
+        "sequences": graphs.fp32_check.sequences,
+        "summary": f"{len(data.texts)} texts ({data.source}"
+                   f"{', labelled' if data.labels is not None else ''}) + {shape_cases} "
+                   f"shape-case sequences = {graphs.fp32_check.sequences} sequences per graph",
+        "reference_seconds": round(graphs.reference.seconds, 2),
+    }
 
 
 def _scan(path: Path, config: BuildConfig, hub_cache: bool) -> Any:
@@ -255,23 +332,14 @@ def _scan_line(report: Any) -> str:
     return f"{summary.get('files_scanned', '?')} files, {found}"
 
 
-def _reference(
-    source: ResolvedSource,
-    task: Task,
-    pooling: PoolingSpec | None,
-    input_names: list[str],
-    tokenizer: Any,
-    sentences: list[str],
-    max_length: int,
-    allow_pickle: bool,
-) -> Reference:
+def _reference(model: _Model, data: ValidationData, allow_pickle: bool) -> Reference:
     """PyTorch outputs from a freshly loaded model (an exported module can drift)."""
     from onnxguard.convert.export import _TaskWrapper
 
-    fresh = load_torch_model(source.path, task, allow_pickle=allow_pickle)
-    wrapper = _TaskWrapper(fresh, task, pooling, input_names).eval()
-    cases = make_cases(sentences, max_length)
-    return compute_reference(wrapper, tokenizer, input_names, cases)
+    fresh = load_torch_model(model.source.path, model.task, allow_pickle=allow_pickle)
+    wrapper = _TaskWrapper(fresh, model.task, model.pooling, model.input_names).eval()
+    cases = make_cases(data, model.max_length)
+    return compute_reference(wrapper, model.tokenizer, model.input_names, cases, data.labels)
 
 
 def _validate(
@@ -290,54 +358,6 @@ def _validate(
     return result
 
 
-def _choose_quantized(
-    fp32: Path,
-    work: Path,
-    task: Task,
-    reference: Reference,
-    config: BuildConfig,
-    tokenizer: Any,
-    input_names: list[str],
-    calibration: list[str],
-) -> tuple[Path, str, dict[str, Any]]:
-    """First candidate within the accuracy budget wins; otherwise ship fp32, saying why."""
-    record: dict[str, Any] = {"mode": config.quantize.value, "attempts": []}
-    if config.quantize is QuantizeMode.NONE:
-        record["decision"] = "fp32 (quantization disabled)"
-        return fp32, "fp32", record
-    feeds = _calibration_feeds(tokenizer, input_names, calibration)
-    speed_feeds = [feed for case, feed in zip(reference.cases, reference.inputs, strict=True)
-                   if case.name in ("batch8-dynamic-padding", "batch8-max-length")]
-    for graph in quantize_candidates(fp32, work, config.quantize, feeds):
-        check = _validate(graph.path, graph.candidate.name, task, reference, config, True)
-        attempt = check.to_dict() | {
-            "description": graph.candidate.description,
-            "seconds": round(graph.seconds, 2),
-        }
-        record["attempts"].append(attempt)
-        if not check.passed:
-            continue
-        speedup = measure_speedup(fp32, graph.path, speed_feeds)
-        attempt["speedup_vs_fp32"] = round(speedup, 2)
-        if speedup < config.tolerance.min_speedup:
-            attempt["passed"] = False
-            attempt["reason"] = (f"within the accuracy budget but only {speedup:.2f}x the fp32 "
-                                 f"speed (< {config.tolerance.min_speedup}x)")
-            continue
-        record["decision"] = (f"int8 ({graph.candidate.name}, {speedup:.2f}x fp32 speed): "
-                              f"{_metrics_line(check)}")
-        record["chosen"] = graph.candidate.name
-        return graph.path, "int8", record
-    record["decision"] = "fp32: no int8 candidate met the budget (" + "; ".join(
-        f"{a['graph']}: {a['reason']}" for a in record["attempts"]
-    ) + ")"
-    record["hint"] = (
-        "validate on data like yours (--validation-data), try --quantize static "
-        "--calibration FILE, or relax --min-agreement / --min-cosine"
-    )
-    return fp32, "fp32", record
-
-
 def _calibration_feeds(tokenizer: Any, input_names: list[str], texts: list[str]) -> list[Any]:
     from onnxguard._tokenize import pad_batch, pad_id_of
 
@@ -352,7 +372,7 @@ def _metrics_line(r: ValidationResult) -> str:
     parts = [f"max|Δ|={r.max_abs_diff:.2g}", f"min cos={r.min_cosine:.5f}"]
     if r.agreement is not None:
         parts.append(f"top-1 agreement={r.agreement:.2%}")
-    return ", ".join(parts) + f" on {r.sequences} sequences"
+    return ", ".join(parts) + f" on {r.sequences} sequences (texts + shape cases)"
 
 
 def _max_length(

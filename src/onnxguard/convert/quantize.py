@@ -1,10 +1,13 @@
-"""int8 quantization candidates, fastest first; the accuracy budget picks the one we ship.
+"""int8 quantization candidates; the accuracy gate and the cost model pick the one we ship.
 
-Plain dynamic quantization sits at the edge of a 99% agreement budget on BERT-size models, so a
-build does not take one shot: it produces candidates in order of expected speed, the pipeline
-validates each against the PyTorch reference, and the first that meets the budget is shipped.
-If none does, the fp32 graph is shipped and the manifest says why.  Optimum, by contrast, never
-checks accuracy after quantizing.
+Plain dynamic quantization sits at the edge of an accuracy budget on BERT-size models, so a
+build does not take one shot: it produces several candidates (all MatMuls and the fused
+Attention int8; per-tensor weights; feed-forward outputs or edge layers kept fp32; the few
+projections a sensitivity search finds most harmful kept fp32; static QDQ when calibration text
+is given), the gate validates each on the selection split, and the cheapest by the cost model
+among those within budget ships.  int8 graphs run with SkipLayerNormalization split into
+Add + Sum + LayerNormalization (``unfuse``), whose fused kernel is int8's bottleneck.  If no
+candidate meets the budget, the fp32 graph ships and the manifest says why.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -47,10 +50,15 @@ class Candidate:
     """Node-name fragments kept fp32 (attention projections are never matched)."""
     keep_edge_layers: bool = False
     """Keep the first and last encoder layers fp32 (they see the rawest / final features)."""
+    keep_nodes: tuple[str, ...] = ()
+    """Exact node names kept fp32 (the sensitivity search's picks)."""
+    per_channel: bool = True
+    unfuse_layernorm: bool = True
+    """Split SkipLayerNormalization (opset >= 17) so the int8 graph avoids its slow kernel."""
 
     def nodes_to_exclude(self, model_path: Path) -> list[str]:
         if not self.keep_fp32 and not self.keep_edge_layers:
-            return []
+            return list(self.keep_nodes)
         import onnx
 
         graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -63,17 +71,24 @@ class Candidate:
             match = _LAYER.search(name)
             in_edge = match is not None and int(match.group(1)) in edges
             ffn = "attention" not in name and any(p in name for p in self.keep_fp32)
-            if in_edge or ffn:
+            if in_edge or ffn or name in self.keep_nodes:
                 excluded.append(name)
         return excluded
 
 
 _QATT = ("MatMul", "Attention")
+FULL_INT8 = Candidate(
+    "dynamic-int8",
+    "dynamic int8 (u8 activations, s8 per-channel weights): every MatMul and the fused "
+    "Attention quantized; LayerNorm unfused",
+    QuantizeMode.DYNAMIC, _QATT,
+)
 DYNAMIC_CANDIDATES = (
+    FULL_INT8,
     Candidate(
-        "dynamic-int8-qattention",
-        "dynamic int8, per-channel weights, every MatMul and the fused Attention quantized",
-        QuantizeMode.DYNAMIC, _QATT,
+        "dynamic-int8-per-tensor",
+        "dynamic int8 with one scale per weight tensor (s8); LayerNorm unfused",
+        QuantizeMode.DYNAMIC, _QATT, per_channel=False,
     ),
     Candidate(
         "dynamic-int8-ffn-out-fp32",
@@ -117,22 +132,40 @@ def candidates_for(mode: QuantizeMode) -> tuple[Candidate, ...]:
     return ()
 
 
+def keep_fp32_candidate(nodes: Sequence[str]) -> Candidate:
+    """Full int8 except ``nodes`` (the most sensitive projections), which stay fp32."""
+    return Candidate(
+        f"dynamic-int8-keep-{len(nodes)}-fp32",
+        f"dynamic int8; the {len(nodes)} most sensitive projection(s) kept fp32 "
+        f"({', '.join(nodes)}); LayerNorm unfused",
+        QuantizeMode.DYNAMIC, _QATT, keep_nodes=tuple(nodes),
+    )
+
+
 def quantize_candidates(
     fp32_path: Path,
     work_dir: Path,
-    mode: QuantizeMode,
+    candidates: Iterable[Candidate],
     calibration_feeds: Sequence[dict[str, np.ndarray]] = (),
 ) -> Iterator[QuantizedGraph]:
-    """Yield quantized graphs, fastest candidate first (the caller stops at the first good one)."""
+    """Yield one quantized graph per candidate, in the given order."""
+    from onnxguard.convert.unfuse import unfuse_skip_layernorm
+
     logging.getLogger("root").setLevel(logging.ERROR)
-    for candidate in candidates_for(mode):
+    unfused = work_dir / "model.fp32.unfused-ln.onnx"
+    for candidate in candidates:
         out = work_dir / f"model.{candidate.name}.onnx"
         start = time.perf_counter()
         try:
+            src = fp32_path
+            if candidate.unfuse_layernorm:
+                if not unfused.exists():
+                    unfuse_skip_layernorm(fp32_path, unfused)
+                src = unfused
             if candidate.kind is QuantizeMode.STATIC:
-                _quantize_static(fp32_path, out, candidate, calibration_feeds)
+                _quantize_static(src, out, candidate, calibration_feeds)
             else:
-                _quantize_dynamic(fp32_path, out, candidate)
+                _quantize_dynamic(src, out, candidate)
         except Exception as exc:  # ORT's quantizer raises bare RuntimeError/ValueError
             raise QuantizationError(
                 f"quantization {candidate.name} failed: {type(exc).__name__}: {exc}",
@@ -142,12 +175,13 @@ def quantize_candidates(
 
 
 def measure_speedup(
-    baseline: Path, candidate: Path, feeds: Sequence[dict[str, np.ndarray]], rounds: int = 5
+    baseline: Path, candidate: Path, feeds: Sequence[dict[str, np.ndarray]], rounds: int = 7
 ) -> float:
     """Throughput ratio candidate/baseline on the same feeds, interleaved rounds, median.
 
     Interleaving keeps the ratio honest on a noisy machine; an int8 graph that is not faster
-    (tiny models, unfused patterns) is not worth its accuracy cost.
+    (tiny models) is not worth its accuracy cost.  This only vetoes int8 against fp32; the
+    choice between int8 candidates is the cost model's, which does not flip with the load.
     """
     import onnxruntime as ort
 
@@ -177,7 +211,7 @@ def _quantize_dynamic(src: Path, dst: Path, candidate: Candidate) -> None:
         str(src),
         str(dst),
         weight_type=QuantType.QInt8,
-        per_channel=True,
+        per_channel=candidate.per_channel,
         op_types_to_quantize=list(candidate.op_types),
         nodes_to_exclude=candidate.nodes_to_exclude(src),
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
