@@ -17,6 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from onnxguard import __version__
+from onnxguard.bundle import (
+    FP32_MODEL_NAME,
+    MODEL_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    file_entries,
+    prepare_output,
+    publish,
+    staging_dir,
+    write_manifest,
+)
 from onnxguard.convert.export import OPSET, export_onnx, load_torch_model
 from onnxguard.convert.optimize import optimize
 from onnxguard.convert.quantize import QuantizeMode, measure_speedup, quantize_candidates
@@ -31,17 +42,6 @@ from onnxguard.convert.validate import (
     read_text_lines,
     run_onnx,
 )
-from onnxguard.bundle import (
-    FP32_MODEL_NAME,
-    MODEL_NAME,
-    TOKENIZER_NAME,
-    Manifest,
-    file_entries,
-    prepare_output,
-    publish,
-    staging_dir,
-    write_manifest,
-)
 from onnxguard.errors import MissingTokenizerError, UsageError, ValidationFailedError
 from onnxguard.source import ResolvedSource, resolve_source
 from onnxguard.tasks import (
@@ -50,8 +50,7 @@ from onnxguard.tasks import (
     Task,
     architecture_for,
     detect_pooling,
-    detect_task,
-    parse_task,
+    resolve_task,
 )
 
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
@@ -146,7 +145,7 @@ def build_bundle(config: BuildConfig, progress: Progress | None = None) -> Build
     timer.done("scan", f"source: {_scan_line(source_scan)}")
     model_config = source.config
     spec = architecture_for(model_config)
-    task = parse_task(config.task) if config.task else detect_task(source.path, model_config)
+    task = resolve_task(source.path, model_config, config.task)
     pooling = detect_pooling(source.path) if task is Task.FEATURE_EXTRACTION else None
     input_names = ["input_ids", "attention_mask"] + (
         ["token_type_ids"] if spec.uses_token_type_ids(model_config) else []
@@ -205,7 +204,7 @@ def build_bundle(config: BuildConfig, progress: Progress | None = None) -> Build
                 shutil.copyfile(source.path / extra, staged / extra)
         manifest = Manifest(
             name=config.name or _bundle_name(source),
-            task=task.value,
+            task=task,
             inputs=tuple(input_names),
             outputs=exported.output_names,
             max_length=max_length,

@@ -48,9 +48,10 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
                           text=True, input=stdin, timeout=300)
 
 
-def test_missing_directory_exit_3_with_hint(tmp_path: Path) -> None:
+def test_missing_directory_exit_2_with_hint(tmp_path: Path) -> None:
+    """A path that does not exist is a usage error (exit 2), as for every other command."""
     result = run_cli("build", str(tmp_path / "nope"), "-o", str(tmp_path / "out"))
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert "does not exist" in result.stderr and "hint:" in result.stderr
     assert not (tmp_path / "out").exists()
 
