@@ -26,6 +26,7 @@ from onnxguard.cli._output import (
     console,
     exit_code_table,
     is_terminal,
+    quiet_progress_bars,
     render_error,
     render_usage_error,
 )
@@ -59,11 +60,16 @@ def normalize_args(group: TyperGroup, args: Sequence[str]) -> list[str]:
 
 
 def _alias(arg: str, own: set[str]) -> str:
+    """The name the command knows: an old name becomes the new one, and for a command that
+    still declares only the old name (serve's, until it moves here) the new one the old."""
     name, sep, value = arg.partition("=")
-    target = HIDDEN_ALIASES.get(name)
+    target = HIDDEN_ALIASES.get(name) or _OLD_NAMES.get(name)
     if target is None or name in own or target not in own:
         return arg
     return target + sep + value
+
+
+_OLD_NAMES = {new: old for old, new in HIDDEN_ALIASES.items()}
 
 
 def _version() -> str:
@@ -118,6 +124,7 @@ _register_serve()
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: run the app and turn every error into the exit-code table."""
     args = list(sys.argv[1:] if argv is None else argv)
+    quiet_progress_bars()
     _state["verbose"] = any(a in ("--verbose", "-v") for a in args[: _end(args)])
     try:
         rc = app(args=args, prog_name="onnxguard", standalone_mode=False)

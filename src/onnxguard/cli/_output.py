@@ -7,6 +7,7 @@ greps for.  Errors and the exit-code table are rendered here, in one place.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import IO
@@ -32,6 +33,17 @@ def console(*, stderr: bool = False) -> Console:
         return Console(file=stream, highlight=False)
     return Console(file=stream, width=_PIPE_WIDTH, soft_wrap=True, no_color=True,
                    highlight=False, color_system=None, emoji=False)
+
+
+def quiet_progress_bars() -> None:
+    """No tqdm bars (transformers' weight loading, the Hub) when stderr is not a terminal.
+
+    Redrawn bars are carriage returns and escape codes in a log; onnxguard's own progress is
+    one line per stage.  ``TQDM_DISABLE`` is read by every tqdm bar, also in libraries.
+    """
+    if not is_terminal(sys.stderr):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def print_fields(title: str, rows: Sequence[tuple[str, str]]) -> None:
