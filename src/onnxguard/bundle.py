@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from onnxguard._files import atomic_write
 from onnxguard.errors import (
@@ -62,6 +62,18 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class FileEntry(TypedDict):
+    """One file of a bundle as the manifest records it."""
+
+    sha256: str
+    size: int
+
+
+def file_entry(data: Any) -> FileEntry:
+    """A manifest file entry from JSON; KeyError/TypeError/ValueError when it is malformed."""
+    return FileEntry(sha256=str(data["sha256"]), size=int(data["size"]))
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The typed view of ``onnxguard.json``; ``stages`` holds each stage's result as JSON."""
@@ -78,7 +90,7 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, FileEntry] = field(default_factory=dict)
     encryption: dict[str, Any] | None = None
     created: str = ""
     format: str = FORMAT_VERSION
@@ -130,7 +142,7 @@ class Manifest:
                 source=dict(data.get("source") or {}),
                 tools=dict(data.get("tools") or {}),
                 stages=dict(data.get("stages") or {}),
-                files={str(k): dict(v) for k, v in data["files"].items()},
+                files={str(k): file_entry(v) for k, v in data["files"].items()},
                 encryption=data.get("encryption"),
                 created=str(data.get("created", "")),
                 format=fmt,
@@ -199,10 +211,11 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     return parse_manifest(read_manifest_bytes(bundle_dir), bundle_dir)
 
 
-def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+def file_entries(directory: Path, names: list[str]) -> dict[str, FileEntry]:
     """sha256 and size of each named file, for the manifest."""
     return {
-        name: {"sha256": sha256_file(directory / name), "size": (directory / name).stat().st_size}
+        name: FileEntry(sha256=sha256_file(directory / name),
+                        size=(directory / name).stat().st_size)
         for name in sorted(names)
     }
 
