@@ -105,3 +105,14 @@ def test_output_to_a_pipe_is_plain(capsys: pytest.CaptureFixture[str], tmp_path:
     assert r.code == 2
     assert "\x1b[" not in r.err and "╭" not in r.err
     assert any(str(missing) in line for line in r.err.splitlines())
+
+
+def test_ctrl_c_says_so_and_exits_130(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("onnxguard.bundle.read_manifest", interrupted)
+    r = run(capsys, "inspect", tmp_path)
+    assert r.code == 130 and "interrupted" in r.err and "Traceback" not in r.err

@@ -33,6 +33,7 @@ from onnxguard.cli._output import (
 from onnxguard.errors import OnnxGuardError
 
 _GLOBAL_FLAGS = ("--verbose", "-v", "--version")
+INTERRUPTED = 130
 _state = {"verbose": False}
 
 
@@ -134,9 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         render_error(exc)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        console(stderr=True).print("interrupted: nothing half-written was left behind",
-                                   markup=False)
-        sys.exit(130)
+        rc = INTERRUPTED
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except NoArgsIsHelpError as exc:
@@ -145,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ClickException as exc:
         render_usage_error(exc.format_message(), _command_name(exc))
         sys.exit(exc.exit_code)
+    if rc == INTERRUPTED:  # typer turns Ctrl-C into a silent Exit(130)
+        console(stderr=True).print("interrupted: nothing half-written was left behind",
+                                   markup=False)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
 
