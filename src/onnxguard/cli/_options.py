@@ -55,7 +55,7 @@ def _existing_list(values: list[Path]) -> list[Path]:
 
 def output_option(what: str) -> Any:
     """``-o/--output``: where a command writes (the help says what); typed Any for a default."""
-    return typer.Option(..., "--output", "-o", help=what)
+    return typer.Option(..., "--output", "-o", metavar="PATH", help=what)
 
 
 BundleDir = Annotated[Path, typer.Argument(
@@ -80,13 +80,13 @@ Providers = Annotated[str | None, typer.Option(
 Threads = Annotated[int | None, typer.Option(
     "--threads", min=1, help="ONNX Runtime intra-op threads (default: the cores available).")]
 Calibration = Annotated[Path | None, typer.Option(
-    "--calibration", callback=must_exist,
+    "--calibration", callback=must_exist, metavar="FILE",
     help="Text file (one input per line): calibrates static int8 (QDQ).")]
 TrustConfig = Annotated[Path | None, typer.Option(
-    "--trust-config", callback=must_exist,
+    "--trust-config", callback=must_exist, metavar="FILE",
     help="Sigstore: custom trust configuration (private instance or offline root).")]
 SigstoreStaging = Annotated[bool, typer.Option(
     "--sigstore-staging", help="Sigstore: use the staging instance (testing only).")]
 CertChain = Annotated[list[Path], typer.Option(
-    "--cert-chain", callback=_existing_list,
+    "--cert-chain", callback=_existing_list, metavar="CA.pem",
     help="Certificate mode: intermediate/root certificates (repeatable).")]

@@ -67,7 +67,8 @@ def bench_command(
         "with PyTorch from the manifest's source when it is on this machine). Default: the "
         "embedded sentence-transformers/all-MiniLM-L6-v2.")] = None,
     data: Annotated[Path | None, typer.Option(
-        "--data", callback=must_exist, help="label<TAB>text TSV (accuracy, F1, agreement) or "
+        "--data", callback=must_exist, metavar="FILE",
+        help="label<TAB>text TSV (accuracy, F1, agreement) or "
         "one text per line (latency and agreement only). Default: the built-in validation "
         "sentences.")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1,8",

@@ -37,7 +37,7 @@ def build_command(
         "--quantize", help="int8 quantization mode.")] = QuantizeMode.DYNAMIC,
     calibration: Calibration = None,
     validation_data: Annotated[Path | None, typer.Option(
-        "--validation-data", callback=must_exist,
+        "--validation-data", callback=must_exist, metavar="FILE",
         help="Text file or label<TAB>text TSV for validation (default: built-in set).")] = None,
     min_agreement: Annotated[float, typer.Option(
         "--min-agreement", min=0.0, max=1.0, help="Quantized top-1 agreement budget.")] = 0.99,

@@ -79,6 +79,7 @@ def _summarize_stage(result: object) -> str:
 def predict_command(
     bundle: BundleDir,
     texts: Annotated[list[str] | None, typer.Argument(
+        metavar="TEXT",
         help="Texts to run. Without any, reads one text per line from stdin: plain text, a "
         'JSON string, or {"text": ...}.')] = None,
     providers: Providers = None,

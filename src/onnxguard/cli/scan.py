@@ -32,14 +32,15 @@ class OutputFormat(StrEnum):
 
 def scan_command(
     path: Annotated[Path, typer.Argument(
-        help="Model directory (scanned recursively) or one file.")],
+        metavar="PATH", help="Model directory (scanned recursively) or one file.")],
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", "-f", help="Report format (SARIF 2.1.0 for code scanning).")
     ] = OutputFormat.text,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Machine-readable JSON on stdout (the same as --format json).")] = False,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write the report to this file instead of stdout.")] = None,
+        "--output", "-o", metavar="FILE",
+        help="Write the report to this file instead of stdout.")] = None,
     fail_on: Annotated[FailOn, typer.Option(
         "--fail-on", envvar="ONNXGUARD_SCAN_FAIL_ON",
         help="Exit 6 when a finding is at or above this severity.")] = FailOn.high,
@@ -52,7 +53,7 @@ def scan_command(
     max_nesting_depth: Annotated[int, typer.Option(
         min=1, help="ONNX: deepest subgraph nesting.")] = ScanConfig.max_nesting_depth,
     allow_symlink_root: Annotated[list[Path], typer.Option(
-        "--allow-symlink-root",
+        "--allow-symlink-root", metavar="DIR",
         help="Follow links into this directory (e.g. a Hugging Face cache's blobs/).")
     ] = [],  # noqa: B006 (typer copies the default)
 ) -> None:
