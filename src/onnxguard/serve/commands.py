@@ -25,10 +25,10 @@ import typer
 from rich.console import Console
 
 from onnxguard.errors import (
+    BundleNotFoundError,
     OnnxGuardError,
     PathNotFoundError,
     ServeError,
-    SourceNotFoundError,
     UsageError,
 )
 
@@ -246,7 +246,7 @@ def run_server(config: ServeConfig) -> None:
             hint="bind 127.0.0.1, or pass --api-keys-file",
         )
     if not Path(config.bundle).is_dir():
-        raise SourceNotFoundError(
+        raise BundleNotFoundError(
             f"bundle directory {config.bundle} does not exist",
             hint="build one with `onnxguard build SOURCE -o DIR`",
         )
