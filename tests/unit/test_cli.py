@@ -116,3 +116,28 @@ def test_ctrl_c_says_so_and_exits_130(
     monkeypatch.setattr("onnxguard.bundle.read_manifest", interrupted)
     r = run(capsys, "inspect", tmp_path)
     assert r.code == 130 and "interrupted" in r.err and "Traceback" not in r.err
+
+
+def test_bench_json_is_stdout_and_reports_follow_their_suffix(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from onnxguard.bench import harness, report
+
+    figures = {"figures": [1, 2]}
+
+    class Result:
+        def to_dict(self) -> dict[str, object]:
+            return figures
+
+    written: dict[str, str] = {}
+    monkeypatch.setattr(harness, "run_bench", lambda config, progress: Result())
+    for kind in ("json", "markdown", "html"):
+        monkeypatch.setattr(report, f"write_{kind}",
+                            lambda data, path, kind=kind: written.update({kind: path.name}))
+    r = run(capsys, "bench", "--json", "--report", tmp_path / "r.md", "--report",
+            tmp_path / "r.json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out) == figures
+    assert written == {"markdown": "r.md", "json": "r.json"}
