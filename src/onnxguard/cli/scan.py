@@ -59,7 +59,8 @@ def scan_command(
 ) -> None:
     """Scan a model directory or file for supply-chain attacks; exit 0 clean, 6 not clean.
 
-    Exit 6 also when something could not be scanned (never a silent pass).  Checks pickles for
+    Exit 6 also when something could not be scanned (never a silent pass); exit 7 when PATH is
+    a bundle and a file does not match its manifest hash.  Checks pickles for
     code execution, safetensors headers that lie, remote code in configs, archives, and ONNX
     graphs for external-data escapes, custom ops, resource exhaustion and backdoor triggers.
     Every file is identified by content; nothing is loaded or run.
@@ -84,7 +85,17 @@ def scan_command(
             report.to_text(min_severity=Severity.CRITICAL).splitlines()[-1]
             + f" — report written to {output}"
         )
+    _check_bundle_hashes(path)
     raise typer.Exit(exit_code(report, fail_on.value))
+
+
+def _check_bundle_hashes(path: Path) -> None:
+    """A bundle is also checked against its manifest: a changed byte is an integrity error
+    (exit 7) even where the changed file still scans clean."""
+    from onnxguard.bundle import MANIFEST_NAME, verify_bundle_files
+
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        verify_bundle_files(path)
 
 
 def render(report: ScanReport, output_format: OutputFormat, *, show_info: bool = False) -> str:

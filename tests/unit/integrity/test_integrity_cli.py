@@ -68,6 +68,13 @@ def test_verify_without_a_key_checks_every_hash(cli: Cli, bundle_dir: Path) -> N
     assert r.code == 7 and "encrypted" in r.out and "tokenizer.json" in r.err
 
 
+def test_scan_of_a_bundle_checks_its_hashes(cli: Cli, bundle_dir: Path) -> None:
+    assert cli("scan", bundle_dir).code == 0
+    _flip(bundle_dir / TOKENIZER_NAME)
+    r = cli("scan", bundle_dir)
+    assert r.code == 7 and "tokenizer.json" in r.err and "hint:" in r.err
+
+
 def test_missing_paths_are_usage_errors_everywhere(cli: Cli, tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     for args in (("verify", missing), ("inspect", missing), ("predict", missing, "hi"),
