@@ -30,13 +30,13 @@ run() {  # name, then the bench arguments
   local name=$1; shift
   echo "== $name: onnxguard bench $*" >&2
   onnxguard bench "$@" --threads "$THREADS" --profile \
-    --json "$work/$name.json" --markdown "$work/$name.md" --report "$work/$name.html"
+    --report "$work/$name.json" --report "$work/$name.md" --report "$work/$name.html"
 }
 
 run sst2 "$MODEL" --data "$DATA"
 run default-embedding --data "$DATA"
 echo "== onnxguard build $MODEL (the bundle a build ships)" >&2
-onnxguard build "$MODEL" --out "$work/sst2-bundle" --force > "$work/sst2-bundle.build.txt"
+onnxguard build "$MODEL" -o "$work/sst2-bundle" --force > "$work/sst2-bundle.build.txt"
 run sst2-bundle "$work/sst2-bundle" --data "$DATA" --batch 8
 run sst2-unfused-ln "$MODEL" --data "$DATA" --batch 8 --layernorm unfused
 

@@ -25,14 +25,18 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+from onnxguard._files import atomic_write
 from onnxguard.errors import (
     BundleError,
+    BundleNotFoundError,
     DiskFullError,
     HashMismatchError,
     OutputExistsError,
+    OutputNotReplaceableError,
 )
+from onnxguard.tasks import Task
 
 MANIFEST_NAME = "onnxguard.json"
 SIGNATURE_NAME = "model.sig"
@@ -58,12 +62,24 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class FileEntry(TypedDict):
+    """One file of a bundle as the manifest records it."""
+
+    sha256: str
+    size: int
+
+
+def file_entry(data: Any) -> FileEntry:
+    """A manifest file entry from JSON; KeyError/TypeError/ValueError when it is malformed."""
+    return FileEntry(sha256=str(data["sha256"]), size=int(data["size"]))
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The typed view of ``onnxguard.json``; ``stages`` holds each stage's result as JSON."""
 
     name: str
-    task: str
+    task: Task
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     max_length: int
@@ -74,17 +90,21 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, FileEntry] = field(default_factory=dict)
     encryption: dict[str, Any] | None = None
     created: str = ""
     format: str = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, Task):  # a plain string from a caller or a test
+            object.__setattr__(self, "task", Task(self.task))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "format": self.format,
             "name": self.name,
             "created": self.created,
-            "task": self.task,
+            "task": self.task.value,
             "model": {"file": self.model_file, "precision": self.precision},
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
@@ -111,7 +131,7 @@ class Manifest:
                 )
             return cls(
                 name=str(data["name"]),
-                task=str(data["task"]),
+                task=Task(str(data["task"])),
                 inputs=tuple(data["inputs"]),
                 outputs=tuple(data["outputs"]),
                 max_length=int(data["max_length"]),
@@ -122,7 +142,7 @@ class Manifest:
                 source=dict(data.get("source") or {}),
                 tools=dict(data.get("tools") or {}),
                 stages=dict(data.get("stages") or {}),
-                files={str(k): dict(v) for k, v in data["files"].items()},
+                files={str(k): file_entry(v) for k, v in data["files"].items()},
                 encryption=data.get("encryption"),
                 created=str(data.get("created", "")),
                 format=fmt,
@@ -142,35 +162,60 @@ def canonical_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def read_manifest(bundle_dir: Path) -> Manifest:
-    """Read and parse the manifest, with a clear error if the directory is not a bundle."""
-    bundle_dir = Path(bundle_dir)
-    path = bundle_dir / MANIFEST_NAME
-    if not bundle_dir.is_dir():
-        raise BundleError(
+def require_bundle_dir(bundle_dir: Path) -> None:
+    """Clear errors for a path that is missing (a usage error) or not a bundle."""
+    if not bundle_dir.exists():
+        raise BundleNotFoundError(
             f"bundle directory {bundle_dir} does not exist",
             hint="pass the directory that `onnxguard build -o DIR` wrote",
         )
-    if not path.is_file():
+    if not bundle_dir.is_dir() or not (bundle_dir / MANIFEST_NAME).is_file():
         raise BundleError(
             f"{bundle_dir} is not an onnxguard bundle: {MANIFEST_NAME} is missing",
             hint="pass the directory that `onnxguard build -o DIR` wrote",
         )
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
+
+
+def read_manifest_bytes(bundle_dir: Path) -> bytes:
+    """The manifest's bytes, read once, so that what is checked is what is parsed."""
+    require_bundle_dir(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    if path.is_symlink():
         raise BundleError(
-            f"cannot read {path}: {exc}", hint="the bundle is damaged; rebuild it"
+            f"{path} is a symbolic link; bundles hold plain files only",
+            hint="copy the bundle with links dereferenced, or rebuild it",
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror}", hint="check permissions") from exc
+
+
+def parse_manifest(data: bytes, bundle_dir: Path) -> Manifest:
+    """Parse manifest bytes; every reader of ``onnxguard.json`` goes through here."""
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise BundleError(
+            f"cannot read {bundle_dir / MANIFEST_NAME}: {exc}",
+            hint="the bundle is damaged; rebuild it",
         ) from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{path} is not a JSON object", hint="rebuild the bundle")
-    return Manifest.from_dict(data)
+    if not isinstance(parsed, dict):
+        raise BundleError(f"{bundle_dir / MANIFEST_NAME} is not a JSON object", hint="rebuild it")
+    return Manifest.from_dict(parsed)
 
 
-def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Read and parse the manifest, with a clear error if the directory is not a bundle."""
+    bundle_dir = Path(bundle_dir)
+    return parse_manifest(read_manifest_bytes(bundle_dir), bundle_dir)
+
+
+def file_entries(directory: Path, names: list[str]) -> dict[str, FileEntry]:
     """sha256 and size of each named file, for the manifest."""
     return {
-        name: {"sha256": sha256_file(directory / name), "size": (directory / name).stat().st_size}
+        name: FileEntry(sha256=sha256_file(directory / name),
+                        size=(directory / name).stat().st_size)
         for name in sorted(names)
     }
 
@@ -239,16 +284,8 @@ def verify_bundle_files(bundle_dir: Path, manifest: Manifest | None = None) -> M
 
 
 def prepare_output(out_dir: Path, *, force: bool) -> None:
-    """Refuse a non-empty output directory unless ``force``; the parent must be writable."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(
-            f"output {out_dir} exists and is not a directory", hint="choose another -o path"
-        )
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise OutputExistsError(
-            f"output directory {out_dir} is not empty",
-            hint="choose an empty or new directory, or pass --force to replace it",
-        )
+    """Refuse an output that must not be replaced; the parent must be writable."""
+    check_replaceable(out_dir, force=force)
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +294,56 @@ def prepare_output(out_dir: Path, *, force: bool) -> None:
             f"cannot create the output's parent directory {parent}: {exc.strerror}",
             hint="choose an -o path in a directory you can write to",
         ) from exc
+
+
+def check_replaceable(out_dir: Path, *, force: bool) -> None:
+    """An output may be new or empty; ``force`` may replace an onnxguard bundle, nothing else.
+
+    ``--force`` never deletes user data: a directory is replaced only when its manifest says it
+    is a bundle and it holds no file the manifest does not account for.
+    """
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise OutputExistsError(
+            f"output {out_dir} exists and is not a directory", hint="choose another -o path"
+        )
+    if not out_dir.is_dir():
+        return
+    here = Path.cwd().resolve()
+    target = out_dir.resolve()
+    if target == here or target in here.parents:
+        raise OutputNotReplaceableError(
+            f"the output {out_dir} is the current directory or one above it; a bundle is "
+            "published by renaming a directory into place, so it will not replace this one",
+            hint="write the bundle to a new directory, e.g. -o bundles/NAME",
+        )
+    if not any(out_dir.iterdir()):
+        return
+    if not force:
+        raise OutputExistsError(
+            f"output directory {out_dir} is not empty",
+            hint="choose an empty or new directory, or pass --force to replace an existing "
+            "onnxguard bundle",
+        )
+    reason = _not_a_bundle(out_dir)
+    if reason:
+        raise OutputNotReplaceableError(
+            f"--force will not replace {out_dir}: {reason}",
+            hint="--force only replaces an onnxguard bundle or an empty directory; choose a "
+            "new -o path, or move the directory's files away yourself",
+        )
+
+
+def _not_a_bundle(directory: Path) -> str | None:
+    """Why ``directory`` is not a replaceable bundle, or None when it is one."""
+    try:
+        manifest = read_manifest(directory)
+    except (BundleError, ValueError) as exc:
+        return f"it is not an onnxguard bundle ({exc})"
+    expected = set(manifest.files) | UNHASHED
+    extra = sorted(p.name for p in directory.iterdir() if p.name not in expected or p.is_dir())
+    if extra:
+        return f"it holds files that are not part of the bundle: {', '.join(extra[:5])}"
+    return None
 
 
 @contextlib.contextmanager
@@ -292,11 +379,7 @@ def publish(staged: Path, out_dir: Path, *, force: bool) -> None:
                 os.fsync(fh.fileno())
     backup: Path | None = None
     if out_dir.exists():
-        if any(out_dir.iterdir()) and not force:
-            raise OutputExistsError(
-                f"output directory {out_dir} is not empty",
-                hint="choose an empty or new directory, or pass --force to replace it",
-            )
+        check_replaceable(out_dir, force=force)  # again: it may have changed during the build
         backup = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         os.replace(out_dir, backup)
     os.replace(staged, out_dir)
@@ -305,7 +388,6 @@ def publish(staged: Path, out_dir: Path, *, force: bool) -> None:
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
-    """Write the manifest through a temp file and rename (never a half-written JSON)."""
-    tmp = directory / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, directory / MANIFEST_NAME)
+    """Write the manifest atomically (never a half-written JSON)."""
+    atomic_write(directory / MANIFEST_NAME,
+                 json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")

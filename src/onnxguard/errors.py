@@ -2,28 +2,29 @@
 
 Every error carries a message (what is wrong), a ``hint`` (how to fix it) and an ``exit_code``
 that the CLI uses.  Foreign exceptions are translated once, at the stage boundary, with
-``raise ... from``.  Exit codes (documented in README.md):
-
-====  ==========================================================
-0     success
-1     unexpected internal error (a bug: please report it)
-2     usage error (bad option or argument)
-3     bad source: missing/unreadable directory, missing tokenizer, corrupt weights,
-      unsupported model
-4     export failed
-5     validation failed: ONNX output does not match PyTorch within tolerance
-6     security: scan findings at or above the threshold, or something could not be scanned
-7     integrity: hash, signature or decryption check failed
-8     bundle: output exists, bundle malformed, not enough disk space
-9     serve: server could not start
-10    bench: a benchmark engine failed to load or run
-130   interrupted (Ctrl-C); nothing half-written is left behind
-====  ==========================================================
+``raise ... from``.  ``EXIT_CODES`` below is the one exit-code table: the CLI prints it in
+``onnxguard --help`` and a test keeps README.md's copy equal to it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "internal error (a bug; run with --verbose and report it)"),
+    (2, "usage error: a bad option or argument, or a path that does not exist"),
+    (3, "bad source: unreadable directory, missing tokenizer, corrupt or truncated weights, "
+        "pickle checkpoint, unsupported architecture, checksum mismatch, Hub unreachable"),
+    (4, "export, optimization or quantization failed"),
+    (5, "validation failed: the ONNX graph does not match PyTorch"),
+    (6, "security: scan findings at or above the threshold, or something could not be scanned"),
+    (7, "integrity: hash, signature or decryption check failed"),
+    (8, "bundle: output exists, bundle malformed, engine cannot load it, no space left"),
+    (9, "server could not start"),
+    (10, "bench: a benchmark engine failed to load or run"),
+    (130, "interrupted; nothing half-written is left behind"),
+)
 
 
 class OnnxGuardError(Exception):
@@ -59,6 +60,18 @@ class UsageError(OnnxGuardError):
     exit_code = 2
 
 
+class PathNotFoundError(UsageError):
+    """A path given on the command line does not exist (exit 2 for every command)."""
+
+
+class TaskMismatchError(UsageError):
+    """``--task`` asks for a head the model does not have."""
+
+
+class EmptyTextError(UsageError):
+    """A text to predict on is empty or only whitespace: there is nothing to classify."""
+
+
 # --- source --------------------------------------------------------------------------------------
 class SourceError(OnnxGuardError):
     """The model source cannot be used as given."""
@@ -68,6 +81,10 @@ class SourceError(OnnxGuardError):
 
 class SourceNotFoundError(SourceError):
     """Directory, package or Hub id does not exist or cannot be read."""
+
+
+class SourcePathNotFoundError(PathNotFoundError, SourceNotFoundError):
+    """A local model directory that does not exist: a usage error like every missing path."""
 
 
 class HubUnavailableError(SourceError):
@@ -205,6 +222,18 @@ class BundleError(OnnxGuardError):
 
 class OutputExistsError(BundleError):
     """The output directory exists and is not empty."""
+
+
+class OutputNotReplaceableError(OutputExistsError):
+    """``--force`` was given, but the output is neither an onnxguard bundle nor empty."""
+
+
+class BundleNotFoundError(PathNotFoundError, BundleError):
+    """The bundle directory given does not exist: a usage error like every missing path."""
+
+
+class EngineError(BundleError):
+    """The model could not be loaded into ONNX Runtime."""
 
 
 class DiskFullError(BundleError):

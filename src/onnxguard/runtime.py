@@ -21,7 +21,7 @@ import onnxruntime as ort
 from tokenizers import Encoding
 
 from onnxguard._tokenize import load_tokenizer, pad_batch, pad_id_of
-from onnxguard.errors import OnnxGuardError, UsageError
+from onnxguard.errors import EmptyTextError, EngineError, UsageError
 from onnxguard.integrity.loader import LoadedBundle, open_bundle
 from onnxguard.tasks import Task
 
@@ -61,12 +61,6 @@ def resolve_providers(requested: Sequence[str] | None) -> list[str]:
             "automatically",
         )
     return names
-
-
-class EngineError(OnnxGuardError):
-    """The model could not be loaded into ONNX Runtime."""
-
-    exit_code = 8
 
 
 @dataclass(frozen=True)
@@ -157,7 +151,11 @@ class Engine:
 
     def predict_raw(self, texts: Sequence[str], batch_size: int | None = None) -> list[np.ndarray]:
         """Raw outputs in input order: length-sorted batches, dynamic padding."""
-        encodings = self.encode(texts)
+        return self._run_encoded(self.encode(texts), batch_size)
+
+    def _run_encoded(
+        self, encodings: Sequence[Encoding], batch_size: int | None = None
+    ) -> list[np.ndarray]:
         size = batch_size or self.config.batch_size
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         results: list[np.ndarray] = [np.empty(0)] * len(encodings)
@@ -170,12 +168,22 @@ class Engine:
         return results
 
     def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict[str, Any]]:
-        """Task-shaped results: labels+scores, embeddings, or token labels."""
-        raw = self.predict_raw(texts, batch_size)
+        """Task-shaped results: labels+scores, embeddings, or token labels.
+
+        An empty or whitespace-only text is refused (a label for nothing would look confident);
+        a text cut at ``max_length`` tokens says so with ``"truncated": true``.
+        """
+        check_texts(texts)
+        encodings = self.encode(texts)
+        raw = self._run_encoded(encodings, batch_size)
         if self.task is Task.TOKEN_CLASSIFICATION:
-            encodings = self.encode(texts)
-            return [self.postprocess_tokens(r, e) for r, e in zip(raw, encodings, strict=True)]
-        return self.postprocess(np.stack(raw)) if raw else []
+            results = [self.postprocess_tokens(r, e) for r, e in zip(raw, encodings, strict=True)]
+        else:
+            results = self.postprocess(np.stack(raw)) if raw else []
+        for result, encoding in zip(results, encodings, strict=True):
+            if encoding.overflowing:
+                result["truncated"] = True
+        return results
 
     def postprocess(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         """Rows of a classification or embedding output → JSON-friendly results."""
@@ -237,6 +245,17 @@ class Engine:
             f"ONNX Runtime could not load the model: {last_error}",
             hint="rebuild the bundle, or choose other providers with --providers",
         ) from last_error
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    """Refuse empty and whitespace-only texts: there is nothing in them to predict on."""
+    for number, text in enumerate(texts, 1):
+        if not text.strip():
+            raise EmptyTextError(
+                f"text {number} is empty or only whitespace",
+                hint="every text needs at least one non-space character",
+                index=number - 1,
+            )
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

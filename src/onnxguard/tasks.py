@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from onnxguard.errors import UnsupportedModelError
+from onnxguard.errors import TaskMismatchError, UnsupportedModelError
 
 
 class Task(StrEnum):
@@ -97,7 +97,7 @@ def parse_task(name: str) -> Task:
     try:
         return Task(name)
     except ValueError:
-        raise UnsupportedModelError(
+        raise TaskMismatchError(
             f"unknown task {name!r}",
             hint=f"choose one of: {', '.join(t.value for t in Task)}",
         ) from None
@@ -116,6 +116,41 @@ def detect_task(model_dir: Path, config: dict[str, Any]) -> Task:
         if arch.endswith("ForTokenClassification"):
             return Task.TOKEN_CLASSIFICATION
     return Task.FEATURE_EXTRACTION
+
+
+_HEADS = {
+    Task.TEXT_CLASSIFICATION: "ForSequenceClassification",
+    Task.TOKEN_CLASSIFICATION: "ForTokenClassification",
+}
+
+
+def resolve_task(model_dir: Path, config: dict[str, Any], requested: str | None) -> Task:
+    """The detected task, or ``requested`` once ``config.json`` shows the model has its head.
+
+    Checked before export: a classification task on a model without that head would export a
+    randomly initialised head (or fail deep in the exporter), which no later check explains.
+    Feature extraction works on every supported model (the encoder's hidden states).
+    """
+    detected = detect_task(model_dir, config)
+    if requested is None:
+        return detected
+    task = parse_task(requested)
+    suffix = _HEADS.get(task)
+    if suffix is None:
+        return task
+    architectures = [str(a) for a in config.get("architectures") or ()]
+    if any(a.endswith(suffix) for a in architectures):
+        return task
+    if not architectures and config.get("id2label"):
+        return task  # an old config without `architectures`: its labels show a head
+    has = ", ".join(architectures) or "no `architectures` entry"
+    raise TaskMismatchError(
+        f"--task {task.value} needs a model with a *{suffix} head, but config.json of "
+        f"{model_dir.name} declares {has}",
+        hint=f"this model is detected as {detected.value}: pass --task {detected.value} (or "
+        "leave --task out), or build a checkpoint fine-tuned for the task",
+        requested=task.value, detected=detected.value, architectures=architectures,
+    )
 
 
 @dataclass(frozen=True)

@@ -94,13 +94,63 @@ def test_predict_cli_args_and_stdin(tiny_bundle_factory: Callable[..., Path]) ->
     assert piped.returncode == 0, piped.stderr
     assert [json.loads(x)["label"] for x in piped.stdout.splitlines()] == [
         line["label"] for line in lines]
-    broken = _cli("predict", bundle, stdin="not json\n")
-    assert broken.returncode == 2 and "line 1 is not JSON" in broken.stderr
+    plain = _cli("predict", bundle, stdin="good movie\n\nbad\n")
+    assert plain.returncode == 0, plain.stderr
+    assert [json.loads(x)["label"] for x in plain.stdout.splitlines()] == [
+        line["label"] for line in lines]
+    broken = _cli("predict", bundle, stdin='{"txt": "good"}\n')
+    assert broken.returncode == 2 and 'line 1 is a JSON object without a "text"' in broken.stderr
+
+
+def test_predict_refuses_empty_text_and_reports_truncation(
+    tiny_bundle_factory: Callable[..., Path]
+) -> None:
+    from onnxguard.errors import EmptyTextError
+    from onnxguard.runtime import Engine
+
+    bundle = tiny_bundle_factory("bert", "text-classification", "dynamic")
+    for texts in (["good", ""], ["   \t\n"]):
+        result = _cli("predict", str(bundle), *texts)
+        assert result.returncode == 2 and "empty or only whitespace" in result.stderr
+        assert result.stdout == ""
+    engine = Engine.from_bundle(bundle)
+    with pytest.raises(EmptyTextError):
+        engine.predict([" "])
+    long_text = "good movie " * 50_000  # about 550 kB: far over max_length tokens
+    short, long = engine.predict(["good movie", long_text])
+    assert "truncated" not in short and long["truncated"] is True
+    result = _cli("predict", str(bundle), stdin=long_text + "\n")
+    assert result.returncode == 0, result.stderr
+    echoed = json.loads(result.stdout)
+    assert echoed["truncated"] is True and echoed["text_chars"] == len(long_text)
+    assert len(echoed["text"]) <= 201 and len(result.stdout) < 2_000
+    assert "was cut at" in result.stderr
 
 
 def test_inspect_non_bundle_exit_8(tmp_path: Path) -> None:
     result = _cli("inspect", str(tmp_path))
     assert result.returncode == 8 and "hint:" in result.stderr
+
+
+def test_inspect_says_signed_encrypted_and_checks_hashes(
+    tiny_bundle_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle_factory("bert", "text-classification", "dynamic"), bundle)
+    result = _cli("inspect", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert "signed: no" in result.stdout and "encrypted: no" in result.stdout
+    assert "hashes: all" in result.stdout
+    data = json.loads(_cli("inspect", str(bundle), "--json").stdout)
+    assert data["signed"] is False and data["task"] == "text-classification"
+    model = bundle / "model.onnx"
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    model.write_bytes(bytes(raw))
+    result = _cli("inspect", str(bundle))
+    assert result.returncode == 7 and "model.onnx" in result.stderr
 
 
 def test_cli_usage_errors_exit_2() -> None:

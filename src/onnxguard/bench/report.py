@@ -280,22 +280,10 @@ def write_html(data: dict[str, Any], path: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write next to the target and rename, so a reader never sees half a report."""
-    import os
-    import tempfile
+    """Write atomically, so a reader never sees half a report (a report, not a secret)."""
+    from onnxguard._files import REPORT_MODE, atomic_write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a report, not a secret: mkstemp's 0600 is too tight
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text, mode=REPORT_MODE)
 
 
 # --- Markdown ------------------------------------------------------------------------------------

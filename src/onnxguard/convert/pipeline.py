@@ -54,8 +54,7 @@ from onnxguard.tasks import (
     Task,
     architecture_for,
     detect_pooling,
-    detect_task,
-    parse_task,
+    resolve_task,
 )
 
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
@@ -198,7 +197,7 @@ def _source_stage(config: BuildConfig, timer: _Timer) -> _Model:
     timer.done("scan", f"source: {_scan_line(source_scan)}")
     model_config = source.config
     spec = architecture_for(model_config)
-    task = parse_task(config.task) if config.task else detect_task(source.path, model_config)
+    task = resolve_task(source.path, model_config, config.task)
     pooling = detect_pooling(source.path) if task is Task.FEATURE_EXTRACTION else None
     input_names = ["input_ids", "attention_mask"] + (
         ["token_type_ids"] if spec.uses_token_type_ids(model_config) else []
@@ -271,7 +270,7 @@ def _bundle_stage(
     }
     manifest = Manifest(
         name=config.name or _bundle_name(model.source),
-        task=model.task.value,
+        task=model.task,
         inputs=tuple(model.input_names),
         outputs=graphs.exported.output_names,
         max_length=model.max_length,

@@ -47,6 +47,7 @@ from onnxguard.bundle import (
     SIGNATURE_NAME,
     Manifest,
     file_entries,
+    file_entry,
     publish,
     read_verified,
     sha256_bytes,
@@ -103,9 +104,14 @@ def logical_manifest(manifest: Manifest) -> Manifest:
             "the manifest's encryption section does not list the same files as the manifest",
             hint="the manifest was edited after encryption; restore it or rebuild the bundle",
         )
-    return dataclasses.replace(
-        manifest, files={str(k): dict(v) for k, v in files.items()}, encryption=None
-    )
+    try:
+        entries = {str(k): file_entry(v) for k, v in files.items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestBindingError(
+            "the manifest's encryption section has a malformed file entry",
+            hint="the manifest was edited after encryption; restore it or rebuild the bundle",
+        ) from exc
+    return dataclasses.replace(manifest, files=entries, encryption=None)
 
 
 # --- encrypting and decrypting a bundle on disk --------------------------------------------------

@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from onnxguard._files import atomic_write
 from onnxguard.errors import DecryptionError, KeySourceError, OutputExistsError, UsageError
-from onnxguard.integrity._common import atomic_write
 
 PRIVATE_KEY_NAME = "private.pem"
 PUBLIC_KEY_NAME = "public.pem"

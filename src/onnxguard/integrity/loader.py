@@ -20,11 +20,12 @@ from onnxguard.bundle import (
     TOKENIZER_NAME,
     Manifest,
     check_listed_files,
+    parse_manifest,
+    read_manifest_bytes,
     read_verified,
     sha256_file,
 )
 from onnxguard.errors import CiphertextTruncatedError, HashMismatchError, KeySourceError
-from onnxguard.integrity._common import parse_manifest, read_manifest_bytes
 from onnxguard.integrity.encryption import decrypt_files, swapped_error
 from onnxguard.integrity.keys import KeyProvider
 

@@ -32,7 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from onnxguard.bundle import MANIFEST_NAME, SIGNATURE_NAME, Manifest, sha256_file
+from onnxguard._files import atomic_write
+from onnxguard.bundle import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Manifest,
+    parse_manifest,
+    read_manifest_bytes,
+    require_bundle_dir,
+    sha256_file,
+)
 from onnxguard.errors import (
     HashMismatchError,
     OnnxGuardError,
@@ -43,12 +52,6 @@ from onnxguard.errors import (
     SignedFileAddedError,
     SignedFileChangedError,
     SignedFileRemovedError,
-)
-from onnxguard.integrity._common import (
-    atomic_write,
-    parse_manifest,
-    read_manifest_bytes,
-    require_bundle_dir,
 )
 from onnxguard.integrity.keys import (
     load_private_key,

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from onnxguard.errors import UsageError
+from onnxguard.errors import PathNotFoundError, UsageError
 
 err_console = Console(stderr=True)
 
@@ -313,12 +313,16 @@ def audit_verify_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check every record's hash and the chain; exit 7 if anything was edited or deleted."""
-    from onnxguard.serve.audit import AuditChainError, verify_chain
+    from onnxguard.serve.audit import AuditChainError, rotated_files, verify_chain
 
     if log.is_dir():
         raise UsageError(
             f"{log} is a directory, not an audit log",
             hint="pass the file given to `serve --audit-log`",
+        )
+    if not log.exists() and not rotated_files(log):
+        raise PathNotFoundError(
+            f"audit log {log} does not exist", hint="pass the file given to `serve --audit-log`"
         )
     report = verify_chain(log, include_rotated=rotated)
     if as_json:

@@ -25,7 +25,7 @@ import uvicorn
 import uvicorn.config
 from fastapi import FastAPI
 
-from onnxguard.errors import OnnxGuardError, ServeError, SourceNotFoundError, UsageError
+from onnxguard.errors import BundleNotFoundError, OnnxGuardError, ServeError, UsageError
 from onnxguard.serve._connections import ConnectionTable, protocol_class
 from onnxguard.serve.settings import ServeConfig
 
@@ -129,7 +129,7 @@ def check_startup(config: ServeConfig) -> None:
             hint="bind 127.0.0.1, or pass --api-keys-file",
         )
     if not Path(config.bundle).is_dir():
-        raise SourceNotFoundError(
+        raise BundleNotFoundError(
             f"bundle directory {config.bundle} does not exist",
             hint="build one with `onnxguard build SOURCE -o DIR`",
         )

@@ -46,8 +46,8 @@ def source_run(tiny_model_factory: Callable[..., Path],
     result = CliRunner().invoke(app, [
         "bench", str(model_dir), "--data", str(data), "--batch", "1,4", "--seq", "16,dynamic",
         "--rounds", "2", "--warmup", "1", "--sample", "8", "--threads", "1", "--profile",
-        "--json", str(out / "r.json"), "--report", str(out / "r.html"),
-        "--markdown", str(out / "r.md"),
+        "--report", str(out / "r.json"), "--report", str(out / "r.html"),
+        "--report", str(out / "r.md"),
     ])
     assert result.exit_code == 0, result.output
     return {"dir": out, "data": json.loads((out / "r.json").read_text()),
@@ -129,7 +129,7 @@ def test_roofline_targets_and_profiles(source_run: dict[str, Any]) -> None:
     assert machine["threads_used"] == 1 and machine["cpu"] and machine["date"]
     assert data["config"]["command"].startswith("onnxguard bench ")
     assert "--batch 1,4 --seq 16,dynamic --rounds 2" in data["config"]["command"]
-    assert "--json" not in data["config"]["command"]
+    assert "--report" not in data["config"]["command"]
 
 
 def test_markdown_html_and_terminal_reports(source_run: dict[str, Any]) -> None:

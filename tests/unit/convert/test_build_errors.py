@@ -21,6 +21,7 @@ from onnxguard.errors import (
     DiskFullError,
     MissingTokenizerError,
     OutputExistsError,
+    OutputNotReplaceableError,
     ScanFindingsError,
     ScanIncompleteError,
     SourceNotFoundError,
@@ -48,9 +49,10 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
                           text=True, input=stdin, timeout=300)
 
 
-def test_missing_directory_exit_3_with_hint(tmp_path: Path) -> None:
+def test_missing_directory_exit_2_with_hint(tmp_path: Path) -> None:
+    """A path that does not exist is a usage error (exit 2), as for every other command."""
     result = run_cli("build", str(tmp_path / "nope"), "-o", str(tmp_path / "out"))
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert "does not exist" in result.stderr and "hint:" in result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -128,19 +130,53 @@ def test_pickle_checkpoint_refused(tiny_model_factory: Callable[..., Path],
     assert info.value.hint and "--allow-pickle" in info.value.hint
 
 
-def test_non_empty_output_refused_without_force(
+def test_force_replaces_only_a_bundle(
     tiny_model_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
+    """--force never deletes user data: a folder of other files is refused even with it."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     model = tiny_model_factory("bert", "text-classification")
     with pytest.raises(OutputExistsError):
         build_bundle(BuildConfig(out=out, source=str(model), **FAST))
+    with pytest.raises(OutputNotReplaceableError) as info:
+        build_bundle(BuildConfig(out=out, source=str(model), force=True, **FAST))
+    assert "not an onnxguard bundle" in info.value.message and info.value.exit_code == 8
+    assert info.value.hint and "--force only replaces" in info.value.hint
     assert (out / "precious.txt").read_text() == "keep me"
-    build_bundle(BuildConfig(out=out, source=str(model), force=True, **FAST))
-    assert not (out / "precious.txt").exists() and (out / "onnxguard.json").is_file()
+    bundle = tmp_path / "bundle"
+    build_bundle(BuildConfig(out=bundle, source=str(model), **FAST))
+    first = (bundle / "onnxguard.json").stat().st_ino
+    build_bundle(BuildConfig(out=bundle, source=str(model), force=True, **FAST))
+    assert (bundle / "onnxguard.json").stat().st_ino != first  # replaced by the new build
+    (bundle / "notes.txt").write_text("mine")
+    with pytest.raises(OutputNotReplaceableError, match=r"notes\.txt"):
+        build_bundle(BuildConfig(out=bundle, source=str(model), force=True, **FAST))
+    assert (bundle / "notes.txt").read_text() == "mine"
     assert _leftovers(tmp_path) == []
+
+
+def test_force_never_replaces_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxguard.bundle import prepare_output
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep me")
+    for out in (".", str(work), ".."):
+        result = subprocess.run(
+            [sys.executable, "-m", "onnxguard", "build", "-o", out, "--force"], cwd=work,
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 8, result.stderr
+        assert "current directory" in result.stderr and "hint:" in result.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["precious.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    with pytest.raises(OutputNotReplaceableError):  # even empty: publishing renames it
+        prepare_output(Path("."), force=True)
 
 
 def test_validation_failure_fails_build(tiny_model_factory: Callable[..., Path],
@@ -288,3 +324,37 @@ def test_output_parents_are_created(tiny_model_factory: Callable[..., Path],
     build_bundle(BuildConfig(out=out, source=str(tiny_model_factory("bert", "text-classification")),
                              **FAST))
     assert (out / "onnxguard.json").is_file()
+
+
+@pytest.mark.parametrize(("made_for", "asked", "fix"), [
+    ("feature-extraction", "text-classification", "--task feature-extraction"),
+    ("text-classification", "token-classification", "--task text-classification"),
+    ("token-classification", "text-classification", "--task token-classification"),
+])
+def test_task_without_its_head_is_refused_before_export(
+    tiny_model_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    made_for: str, asked: str, fix: str,
+) -> None:
+    from onnxguard.errors import TaskMismatchError
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the task must be checked before anything is loaded or exported")
+
+    monkeypatch.setattr(pipeline, "load_torch_model", no_export)
+    model = tiny_model_factory("bert", made_for)
+    with pytest.raises(TaskMismatchError) as info:
+        build_bundle(BuildConfig(out=tmp_path / "out", source=str(model), task=asked, **FAST))
+    assert info.value.exit_code == 2 and asked in info.value.message
+    assert info.value.hint and fix in info.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_task_check_accepts_what_the_model_has(tmp_path: Path) -> None:
+    from onnxguard.tasks import Task, resolve_task
+
+    classifier = {"architectures": ["BertForSequenceClassification"]}
+    assert resolve_task(tmp_path, classifier, None) is Task.TEXT_CLASSIFICATION
+    assert resolve_task(tmp_path, classifier, "text-classification") is Task.TEXT_CLASSIFICATION
+    assert resolve_task(tmp_path, classifier, "feature-extraction") is Task.FEATURE_EXTRACTION
+    old = {"id2label": {"0": "A", "1": "B"}}  # no `architectures`: the labels show a head
+    assert resolve_task(tmp_path, old, "token-classification") is Task.TOKEN_CLASSIFICATION

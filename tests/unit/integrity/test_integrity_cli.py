@@ -22,17 +22,68 @@ Keys = tuple[Path, Path]
 
 def test_keygen_sign_verify_round_trip(cli: Cli, bundle_dir: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    r = cli("keygen", "--out", keys, "--kek")
+    r = cli("keygen", "-o", keys, "--kek")
     assert r.code == 0, r.err
     assert "public key" in r.out and (keys / "kek.key").exists()
-    r = cli("sign", bundle_dir, "--key", keys / "private.pem")
+    r = cli("sign", bundle_dir, "--sign-key", keys / "private.pem")
     assert r.code == 0, r.err
     assert (bundle_dir / SIGNATURE_NAME).exists()
-    r = cli("verify", bundle_dir, "--pub", keys / "public.pem")
+    r = cli("verify", bundle_dir, "--public-key", keys / "public.pem")
     assert r.code == 0, r.err
     assert "verified" in r.out and "3 files" in r.out
-    r = cli("keygen", "--out", keys)
+    r = cli("keygen", "--output", keys)
     assert r.code == 8 and "refusing to overwrite" in r.err
+
+
+def test_output_for_a_pipe_is_never_wrapped(cli: Cli, bundle_dir: Path, tmp_path: Path) -> None:
+    """capsys is not a terminal: rich would wrap at 80 columns; a long path stays on one line."""
+    deep = tmp_path / ("a-long-directory-name-" * 6) / "bundle"
+    shutil.copytree(bundle_dir, deep)
+    r = cli("verify", deep)
+    assert r.code == 0, r.err
+    line = r.out.strip()
+    assert "\n" not in line and str(deep) in line and "all 2 files match" in line
+    assert "\x1b[" not in r.out  # no colour codes either
+
+
+def test_old_option_names_are_hidden_aliases(cli: Cli, bundle_dir: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert cli("keygen", "--out", keys).code == 0
+    assert cli("sign", bundle_dir, "--key", keys / "private.pem").code == 0
+    r = cli("verify", bundle_dir, "--pub", keys / "public.pem", "--verbose")
+    assert r.code == 0, r.err
+    assert "signed by key" in r.out
+    r = cli("verify", "--help")
+    assert "--public-key" in r.out and "--pub " not in r.out
+
+
+def test_verify_without_a_key_checks_every_hash(cli: Cli, bundle_dir: Path) -> None:
+    r = cli("verify", bundle_dir)
+    assert r.code == 0, r.err
+    assert "all 2 files match" in r.out and "not signed" in r.out
+    _flip(bundle_dir / TOKENIZER_NAME)
+    r = cli("verify", bundle_dir)
+    assert r.code == 7 and "tokenizer.json" in r.err and "hint:" in r.err
+    r = cli("inspect", bundle_dir)
+    assert r.code == 7 and "encrypted" in r.out and "tokenizer.json" in r.err
+
+
+def test_scan_of_a_bundle_checks_its_hashes(cli: Cli, bundle_dir: Path) -> None:
+    assert cli("scan", bundle_dir).code == 0
+    _flip(bundle_dir / TOKENIZER_NAME)
+    r = cli("scan", bundle_dir)
+    assert r.code == 7 and "tokenizer.json" in r.err and "hint:" in r.err
+
+
+def test_missing_paths_are_usage_errors_everywhere(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    for args in (("verify", missing), ("inspect", missing), ("predict", missing, "hi"),
+                 ("sign", tmp_path, "--sign-key", missing), ("scan", missing),
+                 ("encrypt", missing, "--key-source", "env:X"), ("audit", "verify", missing),
+                 ("build", missing, "-o", tmp_path / "out")):
+        r = cli(*args)
+        assert r.code == 2, (args, r.err)
+        assert str(missing) in r.err and "hint:" in r.err and "Traceback" not in r.err
 
 
 def test_public_key_and_key_source_from_the_environment(
@@ -52,13 +103,13 @@ def test_public_key_and_key_source_from_the_environment(
 
 
 def test_usage_errors(cli: Cli, bundle_dir: Path, signing_key: Keys) -> None:
-    r = cli("verify", bundle_dir)
+    r = cli("verify", bundle_dir, "--public-key", signing_key[1], "--os-trust-store")
     assert r.code == 2 and "choose one verification mode" in r.err
     r = cli("sign", bundle_dir)
     assert r.code == 2 and "choose one signing mode" in r.err
-    r = cli("sign", bundle_dir, "--key", signing_key[0], "--sigstore")
+    r = cli("sign", bundle_dir, "--sign-key", signing_key[0], "--sigstore")
     assert r.code == 2
-    r = cli("keygen", "--out", bundle_dir / "k", "--password-env", "ONNXGUARD_TEST_UNSET")
+    r = cli("keygen", "-o", bundle_dir / "k", "--password-env", "ONNXGUARD_TEST_UNSET")
     assert r.code == 7 and "ONNXGUARD_TEST_UNSET" in r.err
 
 
@@ -193,13 +244,13 @@ def test_each_attack_is_refused_with_its_own_error_and_exit_7(
     assert type(err.value).__name__ == error
     assert text in err.value.message and err.value.hint
     # The same refusal through the CLI: message + hint on stderr, exit code 7.
-    args = ["--key-source", use_source] + (["--pub", str(pub)] if pub else [])
+    args = ["--key-source", use_source] + (["--public-key", str(pub)] if pub else [])
     r = cli("predict", bundle_dir, "a great movie", *args)
     assert r.code == 7, (r.code, r.err)
     assert "error:" in r.err and "hint:" in r.err
     assert r.out == ""
     if needs_pub:
-        r = cli("verify", bundle_dir, "--pub", pub)
+        r = cli("verify", bundle_dir, "--public-key", pub)
         assert r.code == 7 and "error:" in r.err
 
 
@@ -218,7 +269,7 @@ def test_encrypt_decrypt_cli_and_signed_policy(
     cli: Cli, bundle_dir: Path, signing_key: Keys, kek_env: KekEnv
 ) -> None:
     source = kek_env()
-    assert cli("sign", bundle_dir, "--key", signing_key[0]).code == 0
+    assert cli("sign", bundle_dir, "--sign-key", signing_key[0]).code == 0
     r = cli("encrypt", bundle_dir, "--key-source", source)
     assert r.code == 8 and "is signed" in r.err and "--sign-key" in r.err
     r = cli("encrypt", bundle_dir, "--key-source", source, "--sign-key", signing_key[0])
@@ -237,7 +288,7 @@ def test_encrypt_decrypt_cli_and_signed_policy(
     assert r.code == 7 and "not set" in r.err
     r = cli("decrypt", bundle_dir, "--key-source", source, "--sign-key", signing_key[0])
     assert r.code == 0, r.err
-    assert cli("verify", bundle_dir, "--pub", signing_key[1]).code == 0
+    assert cli("verify", bundle_dir, "--public-key", signing_key[1]).code == 0
 
 
 def test_real_process_exit_codes(bundle_dir: Path, signing_key: Keys, tmp_path: Path) -> None:

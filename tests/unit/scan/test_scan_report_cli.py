@@ -163,8 +163,8 @@ def test_cli_exit_codes_in_a_real_process(tmp_path: Path, mixed: Path) -> None:
     samples.make_unknown_binary(only_unscanned)
     assert _run(str(clean)).returncode == 0
     findings = _run(str(mixed))
-    assert findings.returncode == 1 and "PKL001" in findings.stdout
-    assert _run(str(only_unscanned)).returncode == 2
+    assert findings.returncode == 6 and "PKL001" in findings.stdout  # 6: security (1 = a bug)
+    assert _run(str(only_unscanned)).returncode == 6
     missing = _run(str(tmp_path / "does-not-exist"))
     assert missing.returncode == 2
     assert "does-not-exist" in missing.stderr and "hint:" in missing.stderr
@@ -177,7 +177,7 @@ def test_cli_fail_on_threshold(tmp_path: Path) -> None:
     samples.make_onnx_external_unknown_key(tmp_path / "m")
     runner = CliRunner()
     assert runner.invoke(app, ["scan", str(tmp_path / "m")]).exit_code == 0
-    assert runner.invoke(app, ["scan", str(tmp_path / "m"), "--fail-on", "medium"]).exit_code == 1
+    assert runner.invoke(app, ["scan", str(tmp_path / "m"), "--fail-on", "medium"]).exit_code == 6
     bad = runner.invoke(app, ["scan", str(tmp_path / "m"), "--fail-on", "severe"])
     assert bad.exit_code == 2
 
@@ -188,7 +188,7 @@ def test_cli_formats_and_output_file(mixed: Path, tmp_path: Path, fmt: str) -> N
 
     out = tmp_path / "reports" / f"scan.{fmt}"
     result = CliRunner().invoke(app, ["scan", str(mixed), "--format", fmt, "--output", str(out)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 6, result.output
     assert f"report written to {out}" in result.output
     text = out.read_text()
     if fmt == "text":
@@ -206,8 +206,15 @@ def test_cli_scans_a_single_file(tmp_path: Path) -> None:
     path = samples.make_reduce_os_system(tmp_path / "m")
     result = CliRunner().invoke(app, ["scan", str(path), "-f", "json"])
     data = json.loads(result.output)
-    assert result.exit_code == 1 and data["findings"][0]["file"] == "pytorch_model.bin"
+    assert result.exit_code == 6 and data["findings"][0]["file"] == "pytorch_model.bin"
     assert data["summary"]["files_scanned"] == 1
+
+
+def test_cli_json_flag_is_the_json_report(mixed: Path) -> None:
+    from onnxguard.cli import app
+
+    result = CliRunner().invoke(app, ["scan", str(mixed), "--json"])
+    assert result.exit_code == 6 and json.loads(result.output)["findings"]
 
 
 def test_scan_report_is_immutable(mixed: Path) -> None:

@@ -1,0 +1,145 @@
+"""``onnxguard predict`` and ``onnxguard inspect``: use and look at a built bundle."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import typer
+
+from onnxguard.bundle import SIGNATURE_NAME, Manifest
+from onnxguard.cli._options import BundleDir, Json, KeySource, Providers, PublicKey, Threads
+from onnxguard.cli._output import console, print_fields
+from onnxguard.errors import UsageError
+
+ECHO_CHARS = 200
+"""``predict`` echoes at most this many characters of each text (a 1 MB input is not echoed)."""
+_STDIN_HINT = 'send one text per line: plain text, a JSON string, or {"text": "..."}'
+
+
+def inspect_command(
+    bundle: BundleDir,
+    as_json: Json = False,
+) -> None:
+    """Show a bundle's manifest, whether it is signed or encrypted, and check every file hash.
+
+    Exit 7 when a file does not match its manifest hash.  The signature itself is checked by
+    `onnxguard verify BUNDLE --public-key PUB.pem`.
+    """
+    from onnxguard.bundle import read_manifest, verify_bundle_files
+
+    manifest = read_manifest(bundle)
+    signed = (bundle / SIGNATURE_NAME).is_file()
+    if as_json:
+        typer.echo(json.dumps(manifest.to_dict() | {"signed": signed}, indent=2))
+    else:
+        render_manifest(manifest, signed=signed)
+    verify_bundle_files(bundle, manifest)
+    if not as_json:
+        console().print(f"hashes: all {len(manifest.files)} files match the manifest",
+                        markup=False)
+
+
+def render_manifest(manifest: Manifest, *, signed: bool | None = None) -> None:
+    """The human report of a bundle (shared by `build` and `inspect`)."""
+    rows = [("task", manifest.task.value),
+            ("source", f"{manifest.source.get('kind', '?')}: {manifest.source.get('id', '?')}")]
+    if manifest.source.get("revision"):
+        rows.append(("revision", str(manifest.source["revision"])))
+    rows += [("model", f"{manifest.model_file} ({manifest.precision})"),
+             ("inputs", ", ".join(manifest.inputs)), ("outputs", ", ".join(manifest.outputs))]
+    if manifest.labels:
+        rows.append(("labels", ", ".join(manifest.labels)))
+    if manifest.pooling:
+        rows.append(("pooling", json.dumps(manifest.pooling)))
+    rows.append(("max length", str(manifest.max_length)))
+    rows += [(f"stage: {name}", _summarize_stage(result))
+             for name, result in manifest.stages.items()]
+    rows += [(f"file: {name}", f"{entry['size']:,} B  sha256 {entry['sha256'][:16]}…")
+             for name, entry in manifest.files.items()]
+    if signed is not None:
+        rows.append(("signed", f"yes ({SIGNATURE_NAME}; check it with `onnxguard verify "
+                     "--public-key`)" if signed else "no"))
+    encryption = manifest.encryption
+    rows.append(("encrypted", f"yes ({encryption.get('algorithm')}, key "
+                 f"{encryption.get('key_id')})" if encryption else "no"))
+    print_fields(f"bundle {manifest.name}", rows)
+
+
+def _summarize_stage(result: object) -> str:
+    if isinstance(result, dict):
+        if "summary" in result:
+            return str(result["summary"])
+        return ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+    return str(result)
+
+
+def predict_command(
+    bundle: BundleDir,
+    texts: Annotated[list[str] | None, typer.Argument(
+        metavar="TEXT",
+        help="Texts to run. Without any, reads one text per line from stdin: plain text, a "
+        'JSON string, or {"text": ...}.')] = None,
+    providers: Providers = None,
+    public_key: PublicKey = None,
+    key_source: KeySource = None,
+    threads: Threads = None,
+) -> None:
+    """Run a bundle on texts; prints one JSON result per line (long texts echoed shortened)."""
+    from onnxguard.runtime import Engine, check_texts
+
+    inputs = list(texts or [])
+    if not inputs:
+        if sys.stdin.isatty():
+            raise UsageError("no texts given", hint="pass TEXT arguments, or " + _STDIN_HINT)
+        inputs = read_stdin_texts(sys.stdin)
+        if not inputs:
+            raise UsageError("stdin held no texts", hint=_STDIN_HINT)
+    check_texts(inputs)
+    engine = Engine.from_bundle(
+        bundle, public_key=public_key, key_source=key_source,
+        providers=providers.split(",") if providers else None, intra_op_threads=threads,
+    )
+    err = console(stderr=True)
+    err.print(f"{engine.name}: {engine.task.value}, {engine.manifest.precision}, providers "
+              f"{', '.join(engine.providers)}, {engine.threads} threads", markup=False)
+    for number, (text, result) in enumerate(zip(inputs, engine.predict(inputs), strict=True), 1):
+        if result.get("truncated"):
+            err.print(f"note: text {number} was cut at {engine.max_length} tokens "
+                      "(the model's maximum length); the result covers only that part",
+                      markup=False)
+        typer.echo(json.dumps(echo_of(text) | result, ensure_ascii=False))
+
+
+def echo_of(text: str) -> dict[str, Any]:
+    """The text as echoed in a result: in full, or its start and its length when long."""
+    if len(text) <= ECHO_CHARS:
+        return {"text": text}
+    return {"text": text[:ECHO_CHARS] + "…", "text_chars": len(text)}
+
+
+def read_stdin_texts(lines: Iterable[str]) -> list[str]:
+    """One text per non-blank line: a JSON string, {"text": ...}, or else the line as is."""
+    texts = []
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        try:
+            item: Any = json.loads(line)
+        except ValueError:
+            item = line
+        if isinstance(item, dict):
+            item = item.get("text")
+            if not isinstance(item, str):
+                raise UsageError(f'stdin line {number} is a JSON object without a "text" string',
+                                 hint=_STDIN_HINT)
+        texts.append(item if isinstance(item, str) else line)
+    return texts
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+    app.command("inspect")(inspect_command)
