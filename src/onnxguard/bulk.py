@@ -17,17 +17,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from onnxguard._files import REPORT_MODE, atomic_stream, atomic_write
 from onnxguard.errors import BulkInputError, BulkResumeError, UsageError
-from onnxguard.integrity._common import atomic_write
 
 FORMATS = ("jsonl", "csv", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
@@ -266,21 +264,6 @@ class PartStore:
         return errors
 
 
-@contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """A binary handle on a temp file beside ``path``: fsynced and renamed over it on success,
-    removed on any error, so OUTPUT is either complete or untouched."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _records(paths: Sequence[Path]) -> Iterator[dict[str, Any]]:
     for path in paths:
         with path.open("rb") as handle:
@@ -302,7 +285,7 @@ def write_table(output: Path, parts: Sequence[Path]) -> int:
         columns.update(dict.fromkeys(record))
         errors += "error" in record
     output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(output) as handle:
+    with atomic_stream(output, mode=REPORT_MODE) as handle:
         if fmt == "jsonl":
             for path in parts:
                 with path.open("rb") as part:
@@ -395,7 +378,7 @@ def _split_parts(rows: Iterator[Row], size: int) -> list[list[Row]]:
 
 
 def _manifest_digest(bundle: Path) -> str:
-    from onnxguard.integrity._common import read_manifest_bytes
+    from onnxguard.bundle import read_manifest_bytes
 
     return hashlib.sha256(read_manifest_bytes(bundle)).hexdigest()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -86,10 +87,41 @@ def predict_command(
     public_key: PublicKey = None,
     key_source: KeySource = None,
     threads: Threads = None,
+    input_file: Annotated[Path | None, typer.Option(
+        "--input", "-i", metavar="FILE", help="Bulk mode: a .jsonl, .csv or .parquet file with "
+        "a text column; results go to --output in input order.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE", help="Bulk mode: where results go (.jsonl, .csv or "
+        ".parquet); a rerun resumes from OUTPUT.parts/.")] = None,
+    text_column: Annotated[str, typer.Option(help="Bulk mode: the text column.")] = "text",
+    id_column: Annotated[str | None, typer.Option(
+        help="Bulk mode: a column copied to each result's id (default: the row number).")] = None,
+    part_size: Annotated[int, typer.Option(
+        help="Bulk mode: rows per restartable part.")] = 4096,
+    use_ray: Annotated[bool, typer.Option(
+        "--ray", help="Bulk mode on Ray Data: an actor pool, each actor verifies the bundle.")
+    ] = False,
+    address: Annotated[str | None, typer.Option(
+        metavar="auto|ray://HOST:PORT", help="Ray cluster to join (default: start a local one).")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="--ray: actors in the pool.")] = 2,
 ) -> None:
-    """Run a bundle on texts; prints one JSON result per line (long texts echoed shortened)."""
+    """Run a bundle on texts; prints one JSON result per line (long texts echoed shortened).
+
+    Bulk mode (`--input FILE --output FILE`, optionally `--ray`) runs a whole file, in parts
+    that a rerun skips once written.
+    """
     from onnxguard.runtime import Engine, check_texts
 
+    if input_file is not None or output is not None:
+        if texts:
+            raise UsageError("TEXT arguments and --input exclude each other",
+                             hint="put the texts in the input file")
+        _predict_file(bundle, input_file, output, text_column, id_column, part_size, use_ray,
+                      address, actors, public_key, key_source, threads)
+        return
+    if use_ray:
+        raise UsageError("--ray runs files", hint="add --input FILE --output FILE")
     inputs = list(texts or [])
     if not inputs:
         if sys.stdin.isatty():
@@ -111,6 +143,27 @@ def predict_command(
                       "(the model's maximum length); the result covers only that part",
                       markup=False)
         typer.echo(json.dumps(echo_of(text) | result, ensure_ascii=False))
+
+
+def _predict_file(bundle: Path, input_file: Path | None, output: Path | None,
+                  text_column: str, id_column: str | None, part_size: int, use_ray: bool,
+                  address: str | None, actors: int, public_key: Path | None,
+                  key_source: str | None, threads: int | None) -> None:
+    from onnxguard.bulk import BulkConfig, run_bulk
+
+    if input_file is None or output is None:
+        raise UsageError("bulk mode needs both --input and --output",
+                         hint="e.g. --input texts.jsonl --output predictions.jsonl")
+    config = BulkConfig(bundle=bundle, input=input_file, output=output, text_column=text_column,
+                        id_column=id_column, part_size=part_size, public_key=public_key,
+                        key_source=key_source, threads=threads, use_ray=use_ray,
+                        ray_address=address, actors=actors)
+    err = console(stderr=True)
+    result = run_bulk(config, progress=lambda line: err.print(line, markup=False))
+    for note in result.notes:
+        err.print(note, markup=False)
+    if result.errors:
+        err.print(f"{result.errors} row(s) had no text and carry an error field", markup=False)
 
 
 def echo_of(text: str) -> dict[str, Any]:

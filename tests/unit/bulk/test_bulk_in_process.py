@@ -144,3 +144,23 @@ def test_embeddings_to_parquet(tiny_bundle_factory: Callable[..., Path], tmp_pat
     expected = Engine.from_bundle(bundle).predict([TEXTS[0]])[0]["embedding"]
     assert table[0]["embedding"] == pytest.approx(expected, abs=1e-5)
     assert table[2]["error"] == "empty text" and table[2]["embedding"] is None
+
+
+def test_predict_cli_bulk_mode(bundle: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    source = _jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
+    out = tmp_path / "out.csv"
+    run = subprocess.run(
+        [sys.executable, "-m", "onnxguard", "predict", str(bundle), "--input", str(source),
+         "--output", str(out), "--part-size", "4"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "wrote 7 rows" in run.stderr and "2 row(s) had no text" in run.stderr
+    with out.open() as handle:
+        assert [r["id"] for r in csv.DictReader(handle)] == [str(i) for i in range(7)]
+    bad = subprocess.run(
+        [sys.executable, "-m", "onnxguard", "predict", str(bundle), "--input", str(source)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 2 and "--output" in bad.stderr and "Traceback" not in bad.stderr
