@@ -40,6 +40,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def test_tampered_bundle_fails_the_deployment(
+    ray_cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    """First in the file: before the module's deployment owns Ray Serve's proxy."""
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle_factory("bert", "text-classification", "none"), bundle)
+    data = bytearray((bundle / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "model.onnx").write_bytes(bytes(data))
+    config = ServeConfig(bundle=bundle, port=_free_port(), allow_unauthenticated=True)
+    service = RayService(config, RayOptions(replicas=1, app_name="tampered"))
+    with pytest.raises(ServeError) as info:
+        service.start()
+    assert "deployment failed" in info.value.message
+    assert info.value.hint and "verify" in info.value.hint
+
+
 @dataclass(frozen=True)
 class Deployed:
     url: str
@@ -174,19 +191,3 @@ def test_merge_metrics_labels_every_sample() -> None:
         "# HELP x_total X.", "# TYPE x_total counter",
         'x_total{replica="a",k="1"} 2.0', 'y{replica="a"} 1.0', 'x_total{replica="b",k="1"} 3.0',
     ]
-
-
-def test_tampered_bundle_fails_the_deployment(
-    ray_cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
-) -> None:
-    bundle = tmp_path / "b"
-    shutil.copytree(tiny_bundle_factory("bert", "text-classification", "none"), bundle)
-    data = bytearray((bundle / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (bundle / "model.onnx").write_bytes(bytes(data))
-    config = ServeConfig(bundle=bundle, port=_free_port(), allow_unauthenticated=True)
-    service = RayService(config, RayOptions(replicas=1, app_name="tampered"))
-    with pytest.raises(ServeError) as info:
-        service.start()
-    assert "deployment failed" in info.value.message
-    assert info.value.hint and "verify" in info.value.hint

@@ -179,6 +179,21 @@ def serve_command(
     log_level: LogLevelChoice = typer.Option(
         LogLevelChoice.INFO, case_sensitive=False, help="Server log level."
     ),
+    ray: bool = typer.Option(
+        False, "--ray", help="Serve as Ray Serve replicas (the `ray` extra); each verifies the "
+        "bundle; limits, audit log and metrics are shared."
+    ),
+    replicas: int = typer.Option(2, "--replicas", help="--ray: number of replicas."),
+    autoscale: str | None = typer.Option(
+        None, "--autoscale", metavar="MIN..MAX", help="--ray: autoscale between MIN and MAX."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", metavar="auto|ray://HOST:PORT",
+        help="--ray: cluster to join (default: start a local one).",
+    ),
+    cpus_per_replica: float = typer.Option(
+        1.0, "--cpus-per-replica", help="--ray: CPUs Ray reserves for each replica."
+    ),
 ) -> None:
     """Serve a bundle over HTTP(S): /v1 and KServe V2 endpoints, keys, limits, audit log."""
     from onnxguard.serve.server import run_server
@@ -258,6 +273,16 @@ def serve_command(
         access_log=access_log,
         log_level=LogLevel(log_level.value),
     )
+    if ray:
+        from onnxguard.serve.ray_serve import RayOptions, run_ray_service
+
+        run_ray_service(config, RayOptions(
+            address=address, replicas=replicas, cpus_per_replica=cpus_per_replica,
+            autoscale=RayOptions.parse_autoscale(autoscale) if autoscale else None,
+        ))
+        return
+    if autoscale is not None or address is not None:
+        raise UsageError("--autoscale and --address need --ray", hint="add --ray")
     run_server(config)
 
 

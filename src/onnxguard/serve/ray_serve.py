@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxguard import __version__
-from onnxguard.errors import AuditLogError, ServeError, UsageError
+from onnxguard.errors import AuditLogError, OnnxGuardError, ServeError, UsageError
 from onnxguard.serve._shared import SharedState
 from onnxguard.serve.ratelimit import Decision, RateLimiter
 from onnxguard.serve.settings import RateLimit, ServeConfig
@@ -338,6 +338,7 @@ class RayService:
         self.options = options
         self._actors: dict[str, Any] = {}
         self._started_ray = False
+        self._started_serve = False
 
     def start(self) -> str:
         """Deploy and wait until every wanted replica is verified; returns the base URL."""
@@ -351,9 +352,19 @@ class RayService:
             self._started_ray = True
         try:
             self._create_actors(ray)
+            if _serve_running(ray):
+                raise ServeError(
+                    "Ray Serve already runs on this cluster (its proxy has its own port)",
+                    hint="stop the other Serve application (`serve shutdown`), or use another "
+                    "cluster",
+                )
             serve.start(http_options=self._http_options())
+            self._started_serve = True
             serve.run(self._application(serve), name=self.options.app_name, route_prefix="/",
                       blocking=False)
+        except OnnxGuardError:
+            self.stop()
+            raise
         except Exception as exc:
             self.stop()
             raise ServeError(
@@ -438,11 +449,14 @@ class RayService:
                 ray.get(audit.close.remote(), timeout=30)
             except Exception as exc:
                 log.error("audit log did not close cleanly: %s", type(exc).__name__)
+            ray.kill(audit)
         for actor in self._actors.values():
             ray.kill(actor)
         self._actors.clear()
-        if self._started_ray:
+        if self._started_serve:
             serve.shutdown()
+            self._started_serve = False
+        if self._started_ray:
             ray.shutdown()
 
 
@@ -464,6 +478,36 @@ def _absolute_paths(config: ServeConfig) -> ServeConfig:
         audit=replace(config.audit, path=absolute(config.audit.path)),
         tls=tls,
     )
+
+
+def run_ray_service(config: ServeConfig, options: RayOptions) -> None:
+    """``serve --ray``: deploy, say where, wait for SIGTERM or Ctrl-C, then stop cleanly."""
+    import signal
+
+    from onnxguard.serve.server import check_startup
+
+    check_startup(config)
+    service = RayService(config, options)
+    stop = threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        url = service.start()
+        # After ray.init: Ray's core installs its own SIGTERM handler, which aborts the driver.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        ready = service.wait_ready(300)
+        print(f"onnxguard: serving {url} with Ray Serve ({options.wanted} replica(s) "
+              f"{'ready' if ready else 'starting'})", flush=True)
+        stop.wait()
+    finally:
+        service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve_running(ray: Any) -> bool:
+    return any(actor["name"] == "SERVE_CONTROLLER_ACTOR"
+               for actor in ray.util.list_named_actors(all_namespaces=True))
 
 
 def _import_ray() -> tuple[Any, Any]:
