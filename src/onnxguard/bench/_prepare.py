@@ -27,7 +27,7 @@ from onnxguard.bundle import (
     read_verified,
     sha256_file,
 )
-from onnxguard.errors import QuantizationError, UsageError
+from onnxguard.errors import UsageError
 from onnxguard.tasks import Pooling, PoolingSpec, Task
 
 PYTORCH = "pytorch"
@@ -35,7 +35,7 @@ ORT_PLAIN = "ort-fp32"
 ORT_OPT = "ort-fp32-opt"
 ORT_INT8_DYNAMIC = "ort-int8-dynamic"
 ORT_INT8_STATIC = "ort-int8-static"
-DEFAULT_INT8 = ("dynamic-int8-qattention",)
+DEFAULT_INT8 = ("dynamic-int8",)
 STATIC_CANDIDATE = "static-int8-qdq"
 
 
@@ -126,7 +126,7 @@ def prepare(
 def _unfused(model: PreparedModel, step: Step | None) -> PreparedModel:
     from dataclasses import replace
 
-    from onnxguard.bench._unfuse import SESSION_DISABLED_OPTIMIZERS, unfuse_skip_layernorm
+    from onnxguard.convert.unfuse import unfuse_skip_layernorm
 
     if step:
         step("splitting SkipLayerNormalization")
@@ -137,15 +137,14 @@ def _unfused(model: PreparedModel, step: Step | None) -> PreparedModel:
             continue
         dst = engine.path.with_name(engine.path.stem + ".unfused-ln.onnx")
         count = unfuse_skip_layernorm(engine.path, dst)
-        note = (f"; {count} SkipLayerNormalization split into Add + LayerNormalization"
+        note = (f"; {count} SkipLayerNormalization split into Add + Sum + LayerNormalization"
                 if count else "")
         engines.append(replace(
             engine, path=dst, description=engine.description + note,
-            file_bytes=dst.stat().st_size, graph_ops=graph_ops(dst),
-            disabled_optimizers=SESSION_DISABLED_OPTIMIZERS))
+            file_bytes=dst.stat().st_size, graph_ops=graph_ops(dst)))
     return replace(model, engines=tuple(engines), notes=(
-        *model.notes, "--layernorm unfused: ONNX Runtime sessions run with SkipLayerNormFusion "
-        "disabled and SkipLayerNormalization split into Add + LayerNormalization"))
+        *model.notes, "--layernorm unfused: SkipLayerNormalization split into Add + Sum + "
+        "LayerNormalization in every ONNX graph (int8 candidates are built that way already)"))
 
 
 def _prepare_source(
@@ -225,8 +224,7 @@ def _quantize(
         DYNAMIC_CANDIDATES,
         STATIC_CANDIDATES,
         QuantizeMode,
-        _quantize_dynamic,
-        _quantize_static,
+        quantize_candidates,
     )
 
     known = {c.name: c for c in (*DYNAMIC_CANDIDATES, *STATIC_CANDIDATES)}
@@ -246,26 +244,16 @@ def _quantize(
             raise UsageError(f"{name} needs calibration data",
                              hint="pass --calibration FILE (one representative text per line)")
         step(f"quantizing ({name})")
-        out = work / f"model.{name}.onnx"
         t0 = time.perf_counter()
-        try:
-            with _quiet_root_logger():
-                if static:
-                    from onnxguard._tokenize import load_tokenizer
-                    from onnxguard.convert.pipeline import _calibration_feeds
+        feeds: list[Any] = []
+        if static:
+            from onnxguard._tokenize import load_tokenizer
+            from onnxguard.convert.pipeline import _calibration_feeds
 
-                    tokenizer = load_tokenizer(tokenizer_json, max_length)
-                    _quantize_static(fp32, out, candidate,
-                                     _calibration_feeds(tokenizer, inputs, list(calibration)))
-                else:
-                    _quantize_dynamic(fp32, out, candidate)
-        except QuantizationError:
-            raise
-        except Exception as exc:  # ORT's quantizer raises bare RuntimeError/ValueError
-            raise QuantizationError(
-                f"quantization {name} failed: {type(exc).__name__}: {exc}",
-                hint="benchmark another candidate with --int8",
-            ) from exc
+            tokenizer = load_tokenizer(tokenizer_json, max_length)
+            feeds = _calibration_feeds(tokenizer, inputs, list(calibration))
+        with _quiet_root_logger():
+            out = next(quantize_candidates(fp32, work, [candidate], feeds)).path
         seconds[f"quantize:{name}"] = time.perf_counter() - t0
         base = ORT_INT8_STATIC if static else ORT_INT8_DYNAMIC
         count = static_seen if static else dynamic_seen

@@ -249,8 +249,41 @@ def test_budget_miss_ships_fp32_and_says_why(tiny_model_factory: Callable[..., P
     quant = result.manifest.stages["quantization"]
     assert result.manifest.precision == "fp32"
     assert quant["decision"].startswith("fp32: no int8 candidate met the budget")
-    assert len(quant["attempts"]) == 4 and not any(a["passed"] for a in quant["attempts"])
+    attempts = [a["graph"] for a in quant["attempts"]]
+    # every candidate judged, the sensitivity search's too (full int8 missed the budget)
+    assert {"dynamic-int8", "dynamic-int8-attention-only", "dynamic-int8-keep-1-fp32"} <= set(
+        attempts)
+    assert not any(a["passed"] for a in quant["attempts"]) and quant["not_validated"] == []
+    assert quant["sensitivity"]["top"]
+    assert "hint" in quant
     assert not (tmp_path / "out" / "model.fp32.onnx").exists()
+
+
+def test_choice_is_ranked_by_cost_and_recorded(tiny_model_factory: Callable[..., Path],
+                                                tmp_path: Path) -> None:
+    """Same source, same choice: the cheapest passing candidate by the cost model, twice."""
+    chosen = []
+    for i in range(2):
+        result = build_bundle(BuildConfig(
+            out=tmp_path / f"out{i}", source=str(tiny_model_factory("bert", "text-classification")),
+            tolerance=Tolerance(min_agreement=0.0, min_cosine=0.0, min_speedup=0.0),
+            keep_fp32=i == 1,
+        ))
+        quant = result.manifest.stages["quantization"]
+        chosen.append(quant["chosen"])
+        assert quant["attempts"][0]["graph"] == quant["chosen"] == "dynamic-int8"
+        assert quant["attempts"][0]["estimated_speedup_vs_fp32"] > 1
+        assert "dynamic-int8-attention-only" in quant["not_validated"]
+        # the shipped graph as ORT runs it: LayerNorm split and kept split, and its profile
+        ops = quant["shipped_graph"]["session_ops"]
+        assert "SkipLayerNormalization" not in ops and ops["LayerNormalization"] >= 1
+        assert quant["shipped_graph"]["op_ms"]
+        validation = result.manifest.stages["validation"]
+        assert validation["texts"] >= 1000 and validation["report_texts"] > 400
+        assert quant["attempts"][0]["report"]["texts"] == validation["report_texts"]
+    assert chosen[0] == chosen[1]
+    assert not (tmp_path / "out0" / "model.fp32.onnx").exists()
+    assert (tmp_path / "out1" / "model.fp32.onnx").is_file()
 
 
 def test_json_summary_and_inspect(tiny_model_factory: Callable[..., Path], tmp_path: Path) -> None:
