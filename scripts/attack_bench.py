@@ -325,6 +325,9 @@ def main() -> int:
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--seconds", type=float, default=15.0, help="Per legitimate round.")
     parser.add_argument("--clients", type=int, default=4, help="Legitimate keep-alive clients.")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Interleaved without/with pairs per attack (median)."
+    )
     parser.add_argument("--serve-arg", action="append", default=[], help="Extra serve option.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     parser.add_argument("--attacker", help=argparse.SUPPRESS)
@@ -361,27 +364,13 @@ def run(args: argparse.Namespace) -> int:
         wait_ready(port, server)
         asyncio.run(legit_round(port, legit, texts, args.clients, 3.0))  # warm-up
         for name in attacks:
-            cpu = server_cpu_s(server.pid)
-            base = asyncio.run(legit_round(port, legit, texts, args.clients, args.seconds))
-            base_cpu = server_cpu_s(server.pid) - cpu
-            size = audit.stat().st_size
-            attacker = subprocess.Popen(
-                [sys.executable, __file__, "--attacker", name, "--port", str(port),
-                 "--key", heavy, "--seconds", str(args.seconds + 4)],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            )  # fmt: skip
-            time.sleep(2.0)  # let the attack build up
-            cpu = server_cpu_s(server.pid)
-            hit = asyncio.run(legit_round(port, legit, texts, args.clients, args.seconds))
-            hit_cpu = server_cpu_s(server.pid) - cpu
-            out, _ = attacker.communicate(timeout=args.seconds + 60)
-            grown = audit.stat().st_size - size
-            got = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-            results.append({"attack": name, "base": base.__dict__, "attacked": hit.__dict__,
-                            "attacker_got": got, "audit_growth_bytes": grown,
-                            "server_cpu_s": [round(base_cpu, 1), round(hit_cpu, 1)]})  # fmt: skip
-            report(results[-1])
-            time.sleep(2.0)
+            pairs = [
+                phase(args, name, port, legit, heavy, texts, server, audit)
+                for _ in range(args.rounds)
+            ]
+            result = median_result(name, pairs)
+            results.append(result)
+            report(result)
     finally:
         server.terminate()
         try:
@@ -398,6 +387,56 @@ def run(args: argparse.Namespace) -> int:
     )
 
 
+def phase(
+    args: argparse.Namespace,
+    name: str,
+    port: int,
+    legit: list[str],
+    heavy: str,
+    texts: list[str],
+    server: subprocess.Popen[bytes],
+    audit: Path,
+) -> dict[str, object]:
+    """One legitimate round without the attack, then one with it."""
+    cpu = server_cpu_s(server.pid)
+    base = asyncio.run(legit_round(port, legit, texts, args.clients, args.seconds))
+    base_cpu = server_cpu_s(server.pid) - cpu
+    size = audit.stat().st_size
+    attacker = subprocess.Popen(
+        [sys.executable, __file__, "--attacker", name, "--port", str(port),
+         "--key", heavy, "--seconds", str(args.seconds + 4)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    time.sleep(2.0)  # let the attack build up
+    cpu = server_cpu_s(server.pid)
+    hit = asyncio.run(legit_round(port, legit, texts, args.clients, args.seconds))
+    hit_cpu = server_cpu_s(server.pid) - cpu
+    out, _ = attacker.communicate(timeout=args.seconds + 60)
+    grown = audit.stat().st_size - size
+    got = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    time.sleep(2.0)
+    return {
+        "attack": name,
+        "base": base.__dict__,
+        "attacked": hit.__dict__,
+        "attacker_got": got,
+        "audit_growth_bytes": grown,
+        "server_cpu_s": [round(base_cpu, 1), round(hit_cpu, 1)],
+    }
+
+
+def median_result(name: str, pairs: list[dict[str, object]]) -> dict[str, object]:
+    """The pair whose with/without ratio is the median (all pairs are kept under "rounds")."""
+
+    def ratio(pair: dict[str, object]) -> float:
+        base, hit = pair["base"], pair["attacked"]
+        assert isinstance(base, dict) and isinstance(hit, dict)
+        return float(hit["texts_per_s"]) / max(1e-9, float(base["texts_per_s"]))
+
+    ordered = sorted(pairs, key=ratio)
+    return {**ordered[len(ordered) // 2], "rounds": [round(ratio(p), 3) for p in pairs]}
+
+
 def report(result: dict[str, object]) -> None:
     base, hit = result["base"], result["attacked"]
     assert isinstance(base, dict) and isinstance(hit, dict)
@@ -408,7 +447,8 @@ def report(result: dict[str, object]) -> None:
         f" | with: {hit['texts_per_s']:7.1f} req/s p99 {hit['p99_ms']:7.1f} ms"
         f" (errors {hit['errors']}) | {ratio:6.1%} {'ok' if ratio >= 0.8 else 'BELOW 80%'}"
         f" | attacker got {result['attacker_got']} | audit +{result['audit_growth_bytes']} B"
-        f" | server CPU s without/with {result['server_cpu_s']}",
+        f" | server CPU s without/with {result['server_cpu_s']}"
+        f" | ratio per round {result.get('rounds')}",
         flush=True,
     )
 

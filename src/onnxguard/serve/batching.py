@@ -46,6 +46,8 @@ from onnxguard.errors import (
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.settings import BatchSettings
 
+_ACTIVE_S = 1.0
+
 
 class BatchEngine(Protocol):
     """What the batcher needs from :class:`onnxguard.runtime.Engine`."""
@@ -119,6 +121,7 @@ class Batcher:
         self._flushing = False
         self._usage: dict[str, float] = {}
         self._vtime = 0.0
+        self._last_arrival: dict[str, float] = {}
         self._has_cancelled = False
         self._threads: list[threading.Thread] = []
         self._max_wait = settings.max_wait_ms / 1000.0
@@ -266,7 +269,9 @@ class Batcher:
         with self._cond:
             self._depth -= dropped + sum(len(r.texts) for r in failed)
             waiting = {item.request.tenant for item in self._pending}
+            now = time.monotonic()
             for request in live:
+                self._last_arrival[request.tenant] = now
                 if request.tenant not in waiting:  # back from idle: no saved-up credit
                     usage = self._usage.get(request.tenant, 0.0)
                     self._usage[request.tenant] = max(usage, self._vtime)
@@ -298,10 +303,13 @@ class Batcher:
         overhead = float(settings.call_overhead_tokens)
         anchor = self._anchor()
         window = [anchor] + [item for item in self._pending[: self._scan] if item is not anchor]
-        # With several tenants waiting, smaller calls: a light request never waits behind a
-        # long one (a running call cannot be interrupted).
-        shared = len({item.request.tenant for item in window}) > 1
-        token_cap = settings.max_batch_tokens // 4 if shared else settings.max_batch_tokens
+        # With several tenants active, smaller calls (a running call cannot be interrupted, so
+        # a light request waits at most for a short one) and no text more than twice as long
+        # as the anchor joins its batch.
+        shared = len({item.request.tenant for item in window}) > 1 or self._others_active(
+            anchor.request.tenant
+        )
+        token_cap = settings.max_batch_tokens // 8 if shared else settings.max_batch_tokens
         ordered = sorted(window, key=lambda item: item.length)
         pos = next(i for i, item in enumerate(ordered) if item is anchor)
         lo = hi = pos
@@ -314,6 +322,8 @@ class Batcher:
                 if new_lo < 0 or new_hi >= len(ordered):
                     continue
                 new_width = max(width, ordered[new_hi].length)
+                if shared and new_width > 2 * anchor.length:
+                    continue  # the anchor's tenant never pays for another tenant's long texts
                 padded = (count + 1) * new_width
                 real = total + ordered[new_lo if new_lo < lo else new_hi].length
                 if padded > token_cap or real < settings.min_fill * padded:
@@ -335,6 +345,14 @@ class Batcher:
         self._pending_tokens -= total
         self._depth -= len(batch)
         return batch
+
+    def _others_active(self, tenant: str) -> bool:
+        """Whether another tenant sent work within the last second (it will likely send more:
+        keep calls short so its next request does not wait behind a long one)."""
+        horizon = time.monotonic() - _ACTIVE_S
+        if len(self._last_arrival) > 1024:
+            self._last_arrival = {t: at for t, at in self._last_arrival.items() if at >= horizon}
+        return any(at >= horizon for t, at in self._last_arrival.items() if t != tenant)
 
     def _anchor(self) -> _Item:
         """The oldest waiting text of the tenant with the least usage (FIFO with one tenant)."""

@@ -27,7 +27,7 @@ from onnxguard.errors import (
 )
 from onnxguard.serve._http import ApiError, RequestContext
 from onnxguard.serve.audit import hash_inputs
-from onnxguard.serve.batching import Batcher
+from onnxguard.serve.batching import Batcher, BatchResult
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.ratelimit import RateLimiter
 from onnxguard.serve.settings import RateLimit, ServeConfig
@@ -228,12 +228,27 @@ class Service:
         if batcher is None:
             raise _not_ready()
         tenant = (context.tenant if context is not None else None) or ""
-        self._check_token_budget(tenant)
+        reserved = self._reserve_tokens(tenant, texts, engine.max_length)
         try:
-            result = await batcher.run(texts, tenant)
+            result = await self._run(batcher, texts, tenant, engine.max_length)
+        except ApiError:
+            if self.tokens is not None:
+                self.tokens.charge(tenant, -reserved)  # nothing ran: give the estimate back
+            raise
+        if self.tokens is not None:
+            used = sum(len(e.ids) for e in result.encodings)
+            self.tokens.charge(tenant, used - reserved)
+        return Inference(texts, result.encodings, result.rows)
+
+    async def _run(
+        self, batcher: Batcher, texts: Sequence[str], tenant: str, max_length: int
+    ) -> BatchResult:
+        """The batcher's result; its errors as HTTP errors."""
+        try:
+            return await batcher.run(texts, tenant)
         except TokenLimitError as exc:
             raise ApiError(
-                413, f"{exc.message}, after truncation at {engine.max_length} tokens per text"
+                413, f"{exc.message}, after truncation at {max_length} tokens per text"
             ) from None
         except OverloadedError as exc:
             self.metrics.rejected.labels("overloaded").inc()
@@ -250,13 +265,13 @@ class Service:
         except InferenceFailedError as exc:
             log.error("inference failed for a batch: %s", exc.message)
             raise ApiError(500, "inference failed", outcome="error") from None
-        if self.tokens is not None:
-            self.tokens.charge(tenant, sum(len(e.ids) for e in result.encodings))
-        return Inference(texts, result.encodings, result.rows)
 
-    def _check_token_budget(self, tenant: str) -> None:
+    def _reserve_tokens(self, tenant: str, texts: Sequence[str], max_length: int) -> int:
+        """Refuse (429) a tenant whose token bucket is empty; else take an estimate of this
+        request's tokens now (set right after tokenization), so concurrent requests cannot
+        all pass on the same remaining budget."""
         if self.tokens is None:
-            return
+            return 0
         decision = self.tokens.acquire(tenant, 0.0)
         if not decision.allowed:
             self.metrics.rejected.labels("token_limit").inc()
@@ -266,6 +281,10 @@ class Service:
                 headers={"Retry-After": str(decision.retry_after_s)},
                 outcome="token_limited",
             )
+        # ~4 characters per token in English text, plus the special tokens; capped per text.
+        estimate = sum(min(max_length, len(text) // 4 + 2) for text in texts)
+        self.tokens.charge(tenant, estimate)
+        return estimate
 
 
 def _not_ready() -> ApiError:
