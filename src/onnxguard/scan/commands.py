@@ -74,7 +74,7 @@ def scan_command(
     Every file is identified by content; nothing is loaded or run.
     """
     config = ScanConfig(
-        fail_on=fail_on.value,
+        fail_on=Severity(fail_on.value),
         max_tensor_elements=max_tensor_elements,
         max_loop_trip_count=max_loop_trip_count,
         max_nesting_depth=max_nesting_depth,
