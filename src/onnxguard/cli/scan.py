@@ -68,7 +68,7 @@ def scan_command(
     from onnxguard.scan.scanner import scan_path
 
     config = ScanConfig(
-        fail_on=fail_on.value,
+        fail_on=Severity(fail_on.value),
         max_tensor_elements=max_tensor_elements,
         max_loop_trip_count=max_loop_trip_count,
         max_nesting_depth=max_nesting_depth,

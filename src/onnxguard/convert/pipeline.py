@@ -315,13 +315,13 @@ def _validation_record(
 
 def _scan(path: Path, config: BuildConfig, hub_cache: bool) -> Any:
     """Scan before anything is loaded (source) or published (bundle); fail closed."""
-    from onnxguard.scan import ScanConfig, enforce, scan_path
+    from onnxguard.scan import ScanConfig, Severity, enforce, scan_path
 
     # A Hugging Face cache snapshot is a tree of symlinks into its own blobs/ directory.
     roots = (path.parent.parent / "blobs",) if hub_cache else ()
-    report = scan_path(path, ScanConfig(fail_on=config.scan_fail_on,
-                                        allowed_symlink_roots=roots))
-    enforce(report, config.scan_fail_on)
+    fail_on = Severity.parse(config.scan_fail_on)
+    report = scan_path(path, ScanConfig(fail_on=fail_on, allowed_symlink_roots=roots))
+    enforce(report, fail_on)
     return report
 
 

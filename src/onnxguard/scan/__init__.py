@@ -7,7 +7,7 @@ tensors, resource exhaustion and backdoor triggers.  Anything it cannot check is
 which fails the scan like a finding does.
 
     report = scan_path(Path("model_dir"))
-    enforce(report, "high")          # raises ScanFindingsError / ScanIncompleteError
+    enforce(report, Severity.HIGH)   # raises ScanFindingsError / ScanIncompleteError
     manifest["scan"] = report.summary()
 """
 

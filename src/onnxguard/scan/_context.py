@@ -26,12 +26,14 @@ _MIB = 1 << 20
 class ScanConfig:
     """What the scanner refuses and the resource limits it enforces; the defaults are safe.
 
-    ``fail_on`` is the severity at or above which a scan fails the build.  The ONNX limits bound
-    what a graph may make ONNX Runtime allocate or compute; the file limits bound what the scanner
-    itself reads into memory (larger inputs are reported as unscanned, never skipped).
+    ``fail_on`` is the severity at or above which a scan fails the build (a Severity; a string
+    such as ``"high"`` from a command line is converted once, here, and refused if unknown).
+    The ONNX limits bound what a graph may make ONNX Runtime allocate or compute; the file
+    limits bound what the scanner itself reads into memory (larger inputs are reported as
+    unscanned, never skipped).
     """
 
-    fail_on: str = "high"
+    fail_on: Severity = Severity.HIGH
     # ONNX graphs
     max_tensor_elements: int = 1 << 31
     max_total_bytes: int = 16 * _GIB
@@ -52,7 +54,7 @@ class ScanConfig:
     allowed_symlink_roots: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
-        Severity.parse(self.fail_on)  # raises ValueError for an unknown level
+        object.__setattr__(self, "fail_on", Severity.parse(self.fail_on))  # ValueError if unknown
         for name in (
             "max_tensor_elements",
             "max_total_bytes",

@@ -330,55 +330,78 @@ def _static_elements(value: onnx.ValueInfoProto) -> int | None:
 # --- backdoor heuristic --------------------------------------------------------------------------
 def check_backdoor(graph: onnx.GraphProto, sink: Sink, file: str) -> None:
     """Report If/Where nodes switched by comparing model input values with constants."""
-    inputs = set(iter_graph_inputs(graph))
-    const: set[str] = {t.name for t in graph.initializer}
-    values: dict[str, onnx.TensorProto] = {
-        t.name: t for t in graph.initializer if math.prod(t.dims) <= 8
-    }
-    origin: dict[str, str] = {name: name for name in inputs}  # value-tainted name -> model input
-    trigger: dict[str, tuple[str, str, str]] = {}  # name -> (input, compare node, constant)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    taint = _Taint(graph)
     for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    for node in graph.node:
-        ins = [i for i in node.input if i]
-        op = node.op_type
-        standard = node.domain in _STANDARD
-        if standard and op == "Constant":
-            const.update(node.output)
-            for attr in node.attribute:
-                if attr.name == "value" and node.output and math.prod(attr.t.dims) <= 8:
-                    values[node.output[0]] = attr.t
+        if node.domain in _STANDARD and node.op_type == "Constant":
+            taint.constant_node(node)
             continue
-        if standard and op in _SHAPE_OPS:
+        if node.domain in _STANDARD and node.op_type in _SHAPE_OPS:
             continue  # shapes are not values: the taint stops here
-        if ins and all(i in const for i in ins) and op not in _RANDOM_OPS:
-            const.update(node.output)
-        source = next((origin[i] for i in ins if i in origin), None)
-        if source is not None and not (standard and op == "ConstantOfShape"):
-            for out in node.output:
-                origin[out] = source
-        fired = _compare_trigger(node, origin, const, values) if standard else None
-        if fired is None and standard and op in _CONDITION_OPS:
-            relevant = ins[:1] if op in _INDEX_OPS else ins
-            fired = next((trigger[i] for i in relevant if i in trigger), None)
-        if fired is not None:
-            for out in node.output:
-                trigger[out] = fired
-        if standard and op in ("If", "Where") and ins and ins[0] in trigger:
-            if op == "Where" and not _reaches_output(node, consumers, outputs):
-                continue
-            source_input, compare, constant = trigger[ins[0]]
+        taint.propagate(node)
+        hit = taint.switch(node)
+        if hit is not None:
+            source_input, compare, constant = hit
             sink.add(
                 "ONNX031",
                 file,
                 node_label(node, "main graph"),
-                f"{op} is switched by comparing model input {source_input!r} with constant "
-                f"{constant} (node {compare!r}); ShadowLogic-style backdoors use exactly this "
-                "to change the output when a trigger token or value appears",
+                f"{node.op_type} is switched by comparing model input {source_input!r} with "
+                f"constant {constant} (node {compare!r}); ShadowLogic-style backdoors use exactly "
+                "this to change the output when a trigger token or value appears",
             )
+
+
+class _Taint:
+    """Data flow of one graph: which values come from model inputs, which are constants, and
+    which carry the result of comparing an input with a constant (a trigger)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.const: set[str] = {t.name for t in graph.initializer}
+        self.values: dict[str, onnx.TensorProto] = {
+            t.name: t for t in graph.initializer if math.prod(t.dims) <= 8
+        }
+        self.origin: dict[str, str] = {name: name for name in iter_graph_inputs(graph)}
+        self.trigger: dict[str, tuple[str, str, str]] = {}  # name -> (input, compare, constant)
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {o.name for o in graph.output}
+
+    def constant_node(self, node: onnx.NodeProto) -> None:
+        self.const.update(node.output)
+        for attr in node.attribute:
+            if attr.name == "value" and node.output and math.prod(attr.t.dims) <= 8:
+                self.values[node.output[0]] = attr.t
+
+    def propagate(self, node: onnx.NodeProto) -> None:
+        """Constants, input origins and triggers flow from a node's inputs to its outputs."""
+        ins = [i for i in node.input if i]
+        standard = node.domain in _STANDARD
+        if ins and all(i in self.const for i in ins) and node.op_type not in _RANDOM_OPS:
+            self.const.update(node.output)
+        source = next((self.origin[i] for i in ins if i in self.origin), None)
+        if source is not None and not (standard and node.op_type == "ConstantOfShape"):
+            for out in node.output:
+                self.origin[out] = source
+        fired = _compare_trigger(node, self.origin, self.const, self.values) if standard else None
+        if fired is None and standard and node.op_type in _CONDITION_OPS:
+            relevant = ins[:1] if node.op_type in _INDEX_OPS else ins
+            fired = next((self.trigger[i] for i in relevant if i in self.trigger), None)
+        if fired is not None:
+            for out in node.output:
+                self.trigger[out] = fired
+
+    def switch(self, node: onnx.NodeProto) -> tuple[str, str, str] | None:
+        """The trigger an If/Where is switched by, unless it is a Where that only masks."""
+        ins = [i for i in node.input if i]
+        if node.domain not in _STANDARD or node.op_type not in ("If", "Where"):
+            return None
+        if not ins or ins[0] not in self.trigger:
+            return None
+        if node.op_type == "Where" and not _reaches_output(node, self.consumers, self.outputs):
+            return None
+        return self.trigger[ins[0]]
 
 
 def _compare_trigger(

@@ -70,27 +70,29 @@ def _scan_yaml(blob: Blob, sink: Sink, file: str, location: str) -> str:
 
 def check_templates_in(data: Any, sink: Sink, file: str, location: str = "") -> None:
     """Analyse every chat template in a parsed config (a string, or a list of named ones)."""
-    for key_path, template in _templates(data, "", 0):
+    for key_path, template in _templates(data, "", 0, set()):
         check_template(template, sink, file, join_location(location, f"key {key_path}"))
 
 
-def _templates(data: Any, path: str, depth: int) -> Iterator[tuple[str, str]]:
-    if depth > _MAX_DEPTH:
+def _templates(data: Any, path: str, depth: int, seen: set[int]) -> Iterator[tuple[str, str]]:
+    """Walk dicts and lists once each: YAML aliases make a "billion laughs" graph, not a tree."""
+    if depth > _MAX_DEPTH or not isinstance(data, dict | list) or id(data) in seen:
         return
-    if isinstance(data, dict):
-        for key, value in data.items():
-            where = f"{path}.{key}" if path else str(key)
-            if _is_template_key(key) and isinstance(value, str):
-                yield where, value
-            elif key == "chat_template" and isinstance(value, list):
-                for i, entry in enumerate(value):
-                    if isinstance(entry, dict) and isinstance(entry.get("template"), str):
-                        yield f"{where}[{entry.get('name', i)!s}]", entry["template"]
-            else:
-                yield from _templates(value, where, depth + 1)
-    elif isinstance(data, list):
+    seen.add(id(data))
+    if isinstance(data, list):
         for i, value in enumerate(data):
-            yield from _templates(value, f"{path}[{i}]", depth + 1)
+            yield from _templates(value, f"{path}[{i}]", depth + 1, seen)
+        return
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if _is_template_key(key) and isinstance(value, str):
+            yield where, value
+        elif key == "chat_template" and isinstance(value, list):
+            for i, entry in enumerate(value):
+                if isinstance(entry, dict) and isinstance(entry.get("template"), str):
+                    yield f"{where}[{entry.get('name', i)!s}]", entry["template"]
+        else:
+            yield from _templates(value, where, depth + 1, seen)
 
 
 def _is_template_key(key: Any) -> bool:

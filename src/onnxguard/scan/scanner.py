@@ -79,9 +79,9 @@ def scan_path(path: Path | str, config: ScanConfig | None = None) -> ScanReport:
     )
 
 
-def enforce(report: ScanReport, fail_on: str | Severity = Severity.HIGH) -> None:
+def enforce(report: ScanReport, fail_on: Severity = Severity.HIGH) -> None:
     """Raise when the report fails: findings at or above ``fail_on``, or anything unscanned."""
-    level = Severity.parse(fail_on)
+    level = Severity.parse(fail_on)  # also accepts a str at run time, for untyped callers
     bad = report.at_or_above(level)
     if bad:
         top = "; ".join(

@@ -220,6 +220,26 @@ def make_truncated_binunicode(d: Path) -> Path:
     return _write(d, "model.pkl", b"X\xc3\xbf\xc3\xbf" + b"tail of a cut-off pickle")
 
 
+def make_posix_alias(d: Path) -> Path:  # os.system under its implementation module's name
+    return _write(d, "model.pkl", payload_pickle("posix", "system"))
+
+
+def make_nt_alias(d: Path) -> Path:
+    return _write(d, "model.pkl", payload_pickle("nt", "system"))
+
+
+def make_second_stream_protocol0(d: Path) -> Path:
+    """A clean state dict, then a PROTO-less protocol-0 pickle: a second pickle.load runs it."""
+    return _write(d, "model.pkl", _state_dict_pickle() + protocol0_payload())
+
+
+def make_ordereddict_wrapped_payload(d: Path) -> Path:
+    """The payload as the value of an allowlisted OrderedDict (hides behind a safe container)."""
+    inner = call(glob("os", "system"), ustr(PAYLOAD))
+    body = call(glob("collections", "OrderedDict")) + ustr("weight") + inner + b"s"
+    return _write(d, "pytorch_model.bin", b"\x80\x02" + body + b".")
+
+
 def make_nullifai_7z(d: Path) -> Path:
     return _write(d, "pytorch_model.bin", b"7z\xbc\xaf\x27\x1c\x00\x04" + os.urandom(256))
 
@@ -440,6 +460,15 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("CVE-2025-1889-protocol0-as-txt", make_protocol0_renamed_txt, ("PKL001",), "pickle"),
     Sample("nullifai-broken-pickle", make_nullifai_broken_pickle, ("PKL001", "PKL006"), "pytorch"),
     Sample("nullifai-7z-checkpoint", make_nullifai_7z, (), "pytorch"),
+    Sample("pickle-posix-system-alias", make_posix_alias, ("PKL001",), "pickle"),
+    Sample("pickle-nt-system-alias", make_nt_alias, ("PKL001",), "pickle"),
+    Sample("pickle-second-stream-protocol0", make_second_stream_protocol0, ("PKL001",), "pickle"),
+    Sample(
+        "pickle-ordereddict-wrapped-payload",
+        make_ordereddict_wrapped_payload,
+        ("PKL001",),
+        "pickle",
+    ),
     Sample("pickle-long-line-fail-open", make_long_line_fail_open, ("PKL001",), "pickle"),
     Sample("pickle-long-line-as-text", make_long_line_text_disguise, ("PKL001",), "pickle"),
     Sample("pickle-frame-length-mismatch", make_frame_length_mismatch, ("PKL010",), "pickle"),

@@ -48,12 +48,12 @@ def test_clean_report_does_not_fail(tmp_path: Path) -> None:
     (d / "config.json").write_text("{}")
     report = scan_path(d)
     assert not report.failed("info") and report.max_severity is None
-    enforce(report, "info")  # no exception
+    enforce(report, Severity.INFO)  # no exception
 
 
 def test_enforce_raises_findings_error_with_top_findings_and_hint(mixed: Path) -> None:
     with pytest.raises(ScanFindingsError) as info:
-        enforce(scan_path(mixed), "high")
+        enforce(scan_path(mixed), Severity.HIGH)
     err = info.value
     assert "PKL001" in err.message and "os.system" in err.message
     assert "1 file(s) could not be scanned" in err.message
@@ -64,16 +64,16 @@ def test_enforce_raises_findings_error_with_top_findings_and_hint(mixed: Path) -
 def test_enforce_raises_incomplete_when_only_unscanned(tmp_path: Path) -> None:
     samples.make_unknown_binary(tmp_path / "m")
     with pytest.raises(ScanIncompleteError) as info:
-        enforce(scan_path(tmp_path / "m"), "critical")
+        enforce(scan_path(tmp_path / "m"), Severity.CRITICAL)
     assert "weights.dat" in info.value.message and info.value.hint
 
 
 def test_enforce_threshold_lets_lower_findings_through(tmp_path: Path) -> None:
     samples.make_onnx_external_unknown_key(tmp_path / "m")
     report = scan_path(tmp_path / "m")
-    enforce(report, "high")
+    enforce(report, Severity.HIGH)
     with pytest.raises(ScanFindingsError):
-        enforce(report, "medium")
+        enforce(report, Severity.MEDIUM)
 
 
 def test_json_report_round_trips(mixed: Path) -> None:

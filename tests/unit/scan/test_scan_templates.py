@@ -112,3 +112,14 @@ def test_bert_and_roberta_tokenizer_configs_pass(tmp_path: Path) -> None:
     (d / "roberta_tokenizer_config.json").write_text(json.dumps(roberta))
     report = scan_path(d)
     assert report.findings == () and report.unscanned == ()
+
+
+def test_yaml_alias_bomb_is_walked_once(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    lines.append("chat_template: '{{ cycler.__init__ }}'")
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.yaml").write_text("\n".join(lines) + "\n")
+    report = scan_path(d)  # 10**9 paths through the aliases; each list is visited once
+    assert "TPL001" in rules_of(report)
