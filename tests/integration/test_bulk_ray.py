@@ -34,24 +34,27 @@ def test_bulk_over_two_nodes_equals_in_process(
     ray_cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     bundle = tiny_bundle_factory("bert", "text-classification", "none")
-    texts = [f"review number {i}: " + "good " * (i % 13) + "bad " * (i % 5) for i in range(300)]
+    texts = [f"review number {i}: " + "good " * (i % 13) + "bad " * (i % 5)
+             for i in range(10_000)]
     texts[7] = ""
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
-    run_bulk(BulkConfig(bundle=bundle, input=source, output=local, part_size=64),
+    run_bulk(BulkConfig(bundle=bundle, input=source, output=local, part_size=2048),
              progress=lambda _: None)
     _wait_for_free_cpus(2)
     lines: list[str] = []
-    result = run_bulk(BulkConfig(bundle=bundle, input=source, output=remote, part_size=64,
+    result = run_bulk(BulkConfig(bundle=bundle, input=source, output=remote, part_size=2048,
                                  use_ray=True, actors=2, threads=1), progress=lines.append)
     assert result.runner == "ray" and result.parts == 5 and result.errors == 1
     got = [json.loads(x) for x in remote.read_text().splitlines()]
     want = [json.loads(x) for x in local.read_text().splitlines()]
-    assert [r["id"] for r in got] == list(range(300))
-    assert [r.get("label") for r in got] == [r.get("label") for r in want]
-    assert [r.get("score", 0.0) for r in got] == pytest.approx(
-        [r.get("score", 0.0) for r in want], abs=1e-5)
+    assert [r["id"] for r in got] == list(range(10_000))
+    assert len(got) == len(want)
+    for mine, theirs in zip(got, want, strict=True):  # row for row
+        assert mine.keys() == theirs.keys()
+        assert mine.get("label") == theirs.get("label")
+        assert mine.get("score", 0.0) == pytest.approx(theirs.get("score", 0.0), abs=1e-5)
     assert sum("pending parts done" in line for line in lines) == 5
     assert result.notes == ["ray actors ran on 2 node(s)"], "the pool should span both nodes"
 
