@@ -95,7 +95,7 @@ def test_help_uses_one_name_per_option(capsys: pytest.CaptureFixture[str], comma
     if "--output" in options:
         assert "-o, --output" in r.out
     if command in ("build", "scan"):  # choices are listed, not a free <str>
-        assert re.search(r"--fail-on\s+<critical\|high\|medium\|low\|info>", r.out), r.out
+        assert re.search(r"--fail-on\s+<info\|low\|medium\|high\|critical>", r.out), r.out
 
 
 def test_output_to_a_pipe_is_plain(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

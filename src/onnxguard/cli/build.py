@@ -12,9 +12,10 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.cli._options import Calibration, FailOn, Json, SignKey, must_exist, output_option
+from onnxguard.cli._options import Calibration, Json, SignKey, must_exist, output_option
 from onnxguard.cli._output import console, is_terminal
 from onnxguard.convert.quantize import QuantizeMode
+from onnxguard.scan import Severity
 from onnxguard.tasks import Task
 
 _FORCE_HELP = ("Replace OUT when it is an existing onnxguard bundle (recognised by its "
@@ -57,8 +58,8 @@ def build_command(
         "--allow-pickle",
         help="Allow a pickle checkpoint, loaded with weights_only after a clean scan.")] = False,
     sign_key: SignKey = None,
-    fail_on: Annotated[FailOn, typer.Option(
-        "--fail-on", help="Scan severity that stops the build.")] = FailOn.high,
+    fail_on: Annotated[Severity, typer.Option(
+        "--fail-on", help="Scan severity that stops the build.")] = Severity.HIGH,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
     as_json: Json = False,
 ) -> None:
