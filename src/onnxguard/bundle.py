@@ -36,7 +36,7 @@ from onnxguard.errors import (
     OutputExistsError,
     OutputNotReplaceableError,
 )
-from onnxguard.tasks import Task
+from onnxguard.tasks import PoolingSpec, Task
 
 MANIFEST_NAME = "onnxguard.json"
 SIGNATURE_NAME = "model.sig"
@@ -84,7 +84,7 @@ class Manifest:
     outputs: tuple[str, ...]
     max_length: int
     labels: tuple[str, ...] = ()
-    pooling: dict[str, Any] | None = None
+    pooling: PoolingSpec | None = None
     model_file: str = MODEL_NAME
     precision: str = "fp32"
     source: dict[str, Any] = field(default_factory=dict)
@@ -98,6 +98,8 @@ class Manifest:
     def __post_init__(self) -> None:
         if not isinstance(self.task, Task):  # a plain string from a caller or a test
             object.__setattr__(self, "task", Task(self.task))
+        if isinstance(self.pooling, dict):
+            object.__setattr__(self, "pooling", PoolingSpec.from_dict(self.pooling))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -109,7 +111,7 @@ class Manifest:
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
             "labels": list(self.labels),
-            "pooling": self.pooling,
+            "pooling": self.pooling.to_dict() if self.pooling else None,
             "max_length": self.max_length,
             "source": self.source,
             "tools": self.tools,
@@ -136,7 +138,7 @@ class Manifest:
                 outputs=tuple(data["outputs"]),
                 max_length=int(data["max_length"]),
                 labels=tuple(data.get("labels") or ()),
-                pooling=data.get("pooling"),
+                pooling=PoolingSpec.from_dict(data["pooling"]) if data.get("pooling") else None,
                 model_file=str(data["model"]["file"]),
                 precision=str(data["model"].get("precision", "fp32")),
                 source=dict(data.get("source") or {}),

@@ -162,6 +162,12 @@ class PoolingSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode.value, "normalize": self.normalize, "source": self.source}
 
+    @classmethod
+    def from_dict(cls, data: Any) -> PoolingSpec:
+        """From a manifest; KeyError/TypeError/ValueError when it is malformed."""
+        return cls(Pooling(data["mode"]), bool(data["normalize"]),
+                   str(data.get("source", "manifest")))
+
 
 def detect_pooling(model_dir: Path) -> PoolingSpec:
     """The model's own pooling (sentence-transformers 1_Pooling + Normalize), else mean."""

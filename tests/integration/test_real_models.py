@@ -94,8 +94,8 @@ def test_default_bundle_embeddings_match_pytorch(tmp_path: Path) -> None:
     bundle = tmp_path / "default"
     result = build_bundle(BuildConfig(out=bundle))
     assert result.manifest.task == "feature-extraction"
-    assert result.manifest.pooling is not None and result.manifest.pooling["mode"] == "mean"
-    assert result.manifest.pooling["normalize"] is True
+    assert result.manifest.pooling is not None and result.manifest.pooling.mode == "mean"
+    assert result.manifest.pooling.normalize is True
     assert result.manifest.source["revision"] == "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
     texts, _ = _sst2()
     onnx_vecs = _plain_onnxruntime(bundle, texts)

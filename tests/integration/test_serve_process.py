@@ -400,7 +400,7 @@ def test_exit_codes_match_the_table_in_serving_md(
     bundle: Path, key: tuple[str, Path], tmp_path: Path
 ) -> None:
     table = _exit_table()
-    assert set(table) == {0, 2, 3, 7, 8, 9}
+    assert set(table) == {0, 2, 7, 8, 9}
     keys = str(key[1])
     empty_keys = tmp_path / "empty.txt"
     empty_keys.write_text("# no keys\n")
@@ -410,7 +410,7 @@ def test_exit_codes_match_the_table_in_serving_md(
     cases = {
         "no keys file": (2, cli("serve", str(bundle))),
         "bundle directory missing": (
-            3,
+            2,
             cli("serve", str(tmp_path / "none"), "--api-keys-file", keys),
         ),
         "not a bundle": (

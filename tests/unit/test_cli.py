@@ -95,7 +95,7 @@ def test_help_uses_one_name_per_option(capsys: pytest.CaptureFixture[str], comma
     if "--output" in options:
         assert "-o, --output" in r.out
     if command in ("build", "scan"):  # choices are listed, not a free <str>
-        assert re.search(r"--fail-on\s+<critical\|high\|medium\|low\|info>", r.out), r.out
+        assert re.search(r"--fail-on\s+<info\|low\|medium\|high\|critical>", r.out), r.out
 
 
 def test_output_to_a_pipe_is_plain(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -141,3 +141,18 @@ def test_bench_json_is_stdout_and_reports_follow_their_suffix(
     assert r.code == 0, r.err
     assert json.loads(r.out) == figures
     assert written == {"markdown": "r.md", "json": "r.json"}
+
+
+def test_build_keeps_out_as_a_hidden_alias(capsys: pytest.CaptureFixture[str]) -> None:
+    r = run(capsys, "build", "--out", "somewhere", "--task", "banana")
+    assert r.code == 2 and "--task" in r.err and "--out" not in r.err
+    assert "--out " not in run(capsys, "build", "--help").out
+
+
+def test_version_is_the_package_version() -> None:
+    import tomllib
+
+    from onnxguard import __version__
+
+    pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert __version__ == pyproject["project"]["version"]

@@ -28,7 +28,7 @@ from onnxguard.bundle import (
     sha256_file,
 )
 from onnxguard.errors import UsageError
-from onnxguard.tasks import Pooling, PoolingSpec, Task
+from onnxguard.tasks import PoolingSpec, Task
 
 PYTORCH = "pytorch"
 ORT_PLAIN = "ort-fp32"
@@ -321,12 +321,10 @@ def _prepare_bundle(bundle: Path, work: Path, step: Step) -> PreparedModel:
     hidden = int(config.get("hidden_size", config.get("dim", 0)) or 0) or None
     flops = count_flops(fp32_path or model_path, hidden)
     fusion = manifest.stages.get("optimization", {}).get("fused_operators", {})
-    pooling = manifest.pooling
     return PreparedModel(
         name=manifest.name, origin="bundle", task=task, input_names=manifest.inputs,
         max_length=manifest.max_length, labels=manifest.labels,
-        pooling=PoolingSpec(Pooling(pooling["mode"]), bool(pooling["normalize"]),
-                            str(pooling.get("source", "manifest"))) if pooling else None,
+        pooling=manifest.pooling,
         tokenizer_path=tokenizer_path, engines=tuple(engines), flops=flops,
         fusion={str(k): int(v) for k, v in fusion.items()}, stage_seconds={},
         notes=tuple(notes),

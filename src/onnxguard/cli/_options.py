@@ -9,7 +9,6 @@ nothing slow has started yet.  Hidden aliases of old names (``--pub``, ``--cert`
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,16 +26,6 @@ HIDDEN_ALIASES: dict[str, str] = {
     "--key": "--sign-key",
 }
 """Old option names, still accepted where the new name exists (shown nowhere in help)."""
-
-
-class FailOn(StrEnum):
-    """Scan severity that fails a command (the same order as ``scan._rules.Severity``)."""
-
-    critical = "critical"
-    high = "high"
-    medium = "medium"
-    low = "low"
-    info = "info"
 
 
 def must_exist(value: Path | None) -> Path | None:

@@ -12,9 +12,10 @@ from typing import Annotated
 
 import typer
 
-from onnxguard.cli._options import Calibration, FailOn, Json, SignKey, must_exist, output_option
+from onnxguard.cli._options import Calibration, Json, SignKey, must_exist, output_option
 from onnxguard.cli._output import console, is_terminal
 from onnxguard.convert.quantize import QuantizeMode
+from onnxguard.scan import Severity
 from onnxguard.tasks import Task
 
 _FORCE_HELP = ("Replace OUT when it is an existing onnxguard bundle (recognised by its "
@@ -40,9 +41,18 @@ def build_command(
         "--validation-data", callback=must_exist, metavar="FILE",
         help="Text file or label<TAB>text TSV for validation (default: built-in set).")] = None,
     min_agreement: Annotated[float, typer.Option(
-        "--min-agreement", min=0.0, max=1.0, help="Quantized top-1 agreement budget.")] = 0.99,
+        "--min-agreement", min=0.0, max=1.0,
+        help="Unlabelled data: 95% lower bound of int8/PyTorch top-1 agreement.")] = 0.95,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        "--max-accuracy-drop", min=0.0, max=100.0,
+        help="Labelled data (label<TAB>text): accuracy points int8 may lose vs PyTorch.")] = 0.5,
     min_cosine: Annotated[float, typer.Option(
         "--min-cosine", min=-1.0, max=1.0, help="Quantized cosine budget (embeddings).")] = 0.99,
+    min_recall: Annotated[float, typer.Option(
+        "--min-recall", min=0.0, max=1.0,
+        help="Embeddings: recall@10 of PyTorch's nearest neighbours int8 must keep.")] = 0.95,
+    keep_fp32: Annotated[bool, typer.Option(
+        "--keep-fp32", help="Also ship the fp32 graph (model.fp32.onnx) next to int8.")] = False,
     fp32_atol: Annotated[float, typer.Option(
         "--fp32-atol", min=0.0, help="fp32 max abs difference allowed.")] = 1e-3,
     min_speedup: Annotated[float, typer.Option(
@@ -57,8 +67,8 @@ def build_command(
         "--allow-pickle",
         help="Allow a pickle checkpoint, loaded with weights_only after a clean scan.")] = False,
     sign_key: SignKey = None,
-    fail_on: Annotated[FailOn, typer.Option(
-        "--fail-on", help="Scan severity that stops the build.")] = FailOn.high,
+    fail_on: Annotated[Severity, typer.Option(
+        "--fail-on", help="Scan severity that stops the build.")] = Severity.HIGH,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
     as_json: Json = False,
 ) -> None:
@@ -70,9 +80,11 @@ def build_command(
         out=output, source=source, revision=revision, task=task.value if task else None,
         quantize=quantize, calibration=calibration, validation_data=validation_data,
         tolerance=Tolerance(fp32_atol=fp32_atol, min_agreement=min_agreement,
-                            min_cosine=min_cosine, min_speedup=min_speedup),
-        max_length=max_length, opset=opset, force=force, allow_pickle=allow_pickle, name=name,
-        sign_key=sign_key, scan_fail_on=fail_on.value,
+                            max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
+                            min_recall=min_recall, min_speedup=min_speedup),
+        max_length=max_length, opset=opset, force=force, keep_fp32=keep_fp32,
+        allow_pickle=allow_pickle, name=name,
+        sign_key=sign_key, scan_fail_on=fail_on,
     )
     err = console(stderr=True)
 

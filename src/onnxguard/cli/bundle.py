@@ -54,7 +54,7 @@ def render_manifest(manifest: Manifest, *, signed: bool | None = None) -> None:
     if manifest.labels:
         rows.append(("labels", ", ".join(manifest.labels)))
     if manifest.pooling:
-        rows.append(("pooling", json.dumps(manifest.pooling)))
+        rows.append(("pooling", json.dumps(manifest.pooling.to_dict())))
     rows.append(("max length", str(manifest.max_length)))
     rows += [(f"stage: {name}", _summarize_stage(result))
              for name, result in manifest.stages.items()]

@@ -14,10 +14,9 @@ from typing import Annotated
 import typer
 
 from onnxguard._files import REPORT_MODE, atomic_write
-from onnxguard.cli._options import FailOn
 from onnxguard.errors import SecurityError
+from onnxguard.scan import Severity
 from onnxguard.scan._context import ScanConfig
-from onnxguard.scan._rules import Severity
 from onnxguard.scan.report import ScanReport
 
 EXIT_CLEAN = 0
@@ -41,9 +40,9 @@ def scan_command(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE",
         help="Write the report to this file instead of stdout.")] = None,
-    fail_on: Annotated[FailOn, typer.Option(
+    fail_on: Annotated[Severity, typer.Option(
         "--fail-on", envvar="ONNXGUARD_SCAN_FAIL_ON",
-        help="Exit 6 when a finding is at or above this severity.")] = FailOn.high,
+        help="Exit 6 when a finding is at or above this severity.")] = Severity.HIGH,
     show_info: Annotated[bool, typer.Option(
         "--show-info", help="List info findings in text.")] = False,
     max_tensor_elements: Annotated[int, typer.Option(

@@ -47,6 +47,7 @@ from onnxguard.convert.validate import (
     run_onnx,
 )
 from onnxguard.errors import MissingTokenizerError, UsageError, ValidationFailedError
+from onnxguard.scan._rules import Severity
 from onnxguard.source import ResolvedSource, resolve_source
 from onnxguard.tasks import (
     ArchitectureSpec,
@@ -82,7 +83,7 @@ class BuildConfig:
     allow_pickle: bool = False
     sign_key: Path | None = None
     name: str | None = None
-    scan_fail_on: str = "high"
+    scan_fail_on: Severity = Severity.HIGH
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ def _bundle_stage(
         outputs=graphs.exported.output_names,
         max_length=model.max_length,
         labels=_labels(model.config) if model.task is not Task.FEATURE_EXTRACTION else (),
-        pooling=model.pooling.to_dict() if model.pooling else None,
+        pooling=model.pooling,
         precision=decision.precision,
         source=model.source.to_dict() | {"model_type": model.spec.model_type},
         tools=_tool_versions(),
@@ -315,13 +316,13 @@ def _validation_record(
 
 def _scan(path: Path, config: BuildConfig, hub_cache: bool) -> Any:
     """Scan before anything is loaded (source) or published (bundle); fail closed."""
-    from onnxguard.scan import ScanConfig, Severity, enforce, scan_path
+    from onnxguard.scan import ScanConfig, enforce, scan_path
 
     # A Hugging Face cache snapshot is a tree of symlinks into its own blobs/ directory.
     roots = (path.parent.parent / "blobs",) if hub_cache else ()
-    fail_on = Severity.parse(config.scan_fail_on)
-    report = scan_path(path, ScanConfig(fail_on=fail_on, allowed_symlink_roots=roots))
-    enforce(report, fail_on)
+    report = scan_path(path, ScanConfig(fail_on=config.scan_fail_on,
+                                        allowed_symlink_roots=roots))
+    enforce(report, config.scan_fail_on)
     return report
 
 
