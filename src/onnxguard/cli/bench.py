@@ -1,4 +1,4 @@
-"""``onnxguard bench``: the seed's table for your model on your machine, and where time goes.
+"""``onnxguard bench``: your model on your machine (the graph a bundle ships), where time goes.
 
 ``--json`` prints every figure as JSON on stdout (like every other command); ``--report FILE``
 writes a report whose format follows the file's suffix (.json, .md, .html; repeatable).
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
+from collections.abc import Callable
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
@@ -87,7 +89,7 @@ def bench_command(
         "--int8", callback=_names("--int8", CANDIDATES),
         help=f"int8 candidates to build from a SOURCE, comma-separated: {', '.join(CANDIDATES)} "
         "(the default is the fastest; a bundle brings the one its build chose)."
-    )] = "dynamic-int8-qattention",
+    )] = "dynamic-int8",
     engines: Annotated[str | None, typer.Option(
         "--engines", callback=_names("--engines", ENGINES),
         help=f"Only these engines, comma-separated: {', '.join(ENGINES)}.")] = None,
@@ -139,14 +141,17 @@ def bench_command(
 
 
 def _run(config: BenchConfig) -> dict[str, Any]:
-    """Run the benchmark with a progress bar on stderr."""
+    """Run the benchmark with a progress bar on a terminal, one line per step on a pipe."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from onnxguard.bench.harness import run_bench
 
+    err = console(stderr=True)
+    if not err.is_terminal:
+        return run_bench(config, progress=_line_progress()).to_dict()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                  console=console(stderr=True), transient=True) as progress:
+                  console=err, transient=True) as progress:
         bar = progress.add_task("preparing", total=None)
 
         def show(message: str, completed: int, total: int) -> None:
@@ -154,6 +159,20 @@ def _run(config: BenchConfig) -> dict[str, Any]:
                             total=total or None)
 
         return run_bench(config, progress=show).to_dict()
+
+
+def _line_progress() -> Callable[[str, int, int], None]:
+    """For a pipe or CI log: one plain line per step, with the elapsed time (no bar)."""
+    import time
+
+    started = time.perf_counter()
+
+    def show(message: str, completed: int, total: int) -> None:
+        done = f" [{completed}/{total}]" if total else ""
+        print(f"{time.perf_counter() - started:7.1f}s  {message}{done}", file=sys.stderr,
+              flush=True)
+
+    return show
 
 
 def command_line(config: BenchConfig) -> str:
