@@ -1,4 +1,4 @@
-"""``onnxguard bench``: the seed's table for your model on your machine, and where time goes."""
+"""``onnxguard bench``: your model on your machine (the graph a bundle ships), where time goes."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def bench_command(
     calibration: Path | None = typer.Option(
         None, "--calibration", help="Text file (one input per line): adds static int8 (QDQ)."),
     int8: str = typer.Option(
-        "dynamic-int8-qattention", "--int8", help="int8 candidates to build from a SOURCE, "
+        "dynamic-int8", "--int8", help="int8 candidates to build from a SOURCE, "
         f"comma-separated: {', '.join(_CANDIDATES)} (the default is the fastest; a bundle "
         "brings the one its build chose)."),
     engines: str | None = typer.Option(
