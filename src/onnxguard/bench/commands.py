@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,16 +83,19 @@ def bench_command(
     )
     config = replace(config, command=command_line(config))
     err = Console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
-        bar = progress.add_task("preparing", total=None)
+    if err.is_terminal:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                      console=err, transient=True) as progress:
+            bar = progress.add_task("preparing", total=None)
 
-        def show(message: str, completed: int, total: int) -> None:
-            progress.update(bar, description=message, completed=completed,
-                            total=total or None)
+            def show(message: str, completed: int, total: int) -> None:
+                progress.update(bar, description=message, completed=completed,
+                                total=total or None)
 
-        result = run_bench(config, progress=show)
+            result = run_bench(config, progress=show)
+    else:
+        result = run_bench(config, progress=_line_progress())
     data_dict = result.to_dict()
     report.print_report(data_dict, Console())
     if json_out:
@@ -102,6 +107,20 @@ def bench_command(
     for path in (json_out, markdown_out, report_out):
         if path:
             err.print(f"[green]✓[/] wrote {path}", highlight=False)
+
+
+def _line_progress() -> Callable[[str, int, int], None]:
+    """For a pipe or CI log: one plain line per step, with the elapsed time (no bar)."""
+    import time
+
+    started = time.perf_counter()
+
+    def show(message: str, completed: int, total: int) -> None:
+        done = f" [{completed}/{total}]" if total else ""
+        print(f"{time.perf_counter() - started:7.1f}s  {message}{done}", file=sys.stderr,
+              flush=True)
+
+    return show
 
 
 def command_line(config: BenchConfig) -> str:
