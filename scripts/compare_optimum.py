@@ -35,17 +35,23 @@ BATCH, SEQ, THREADS = 8, 128, 2
 
 
 def main() -> int:
+    # PyTorch's OpenMP threads spin at barriers; on a shared 2-core machine a preempted spinner
+    # stalls every matmul (PyTorch measured 2 sequences/s at load 9).  ONNX Runtime is set not to
+    # spin either, so both wait the same way.  Must be set before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT.parent / "shared/models/minilm-sst2")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/sst2/dev.tsv")
     parser.add_argument("--work", type=Path, default=ROOT / "out/compare-optimum")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-optimum")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rebuild", action="store_true",
+                        help="build the onnxguard bundle again even if WORK has one")
     parser.add_argument("--batches", type=int, default=6, help="batches of 8 × 128 per round")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     optimum_model = _optimum_int8(args.venv, args.model, args.work)
-    bundle = _onnxguard_bundle(args.model, args.data, args.work)
+    bundle = _onnxguard_bundle(args.model, args.data, args.work, args.rebuild)
     _measure(args, optimum_model, bundle)
     return 0
 
@@ -78,8 +84,11 @@ def _optimum_int8(venv: Path, model: Path, work: Path) -> Path:
     return quantized / "model_quantized.onnx"
 
 
-def _onnxguard_bundle(model: Path, data: Path, work: Path) -> Path:
+def _onnxguard_bundle(model: Path, data: Path, work: Path, rebuild: bool) -> Path:
     bundle = work / "onnxguard-bundle"
+    if (bundle / "onnxguard.json").is_file() and not rebuild:
+        _log(f"reusing {bundle} (--rebuild to build it again)")
+        return bundle
     env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
     _run([sys.executable, "-m", "onnxguard", "build", str(model), "-o", str(bundle), "--force",
           "--validation-data", str(data)], env=env)
@@ -135,7 +144,8 @@ def _measure(args: argparse.Namespace, optimum_model: Path, bundle: Path) -> Non
         f"onnxguard bundle ({manifest.precision}, "
         f"{manifest.stages['quantization'].get('chosen', 'fp32')})": lambda f: ours.run(None, f)[0],
     }
-    print(f"load average before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
+    print(f"load average before: {Path('/proc/loadavg').read_text().strip()}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     predictions = {name: np.concatenate([run(f) for f in eval_feeds]).argmax(-1)
                    for name, run in engines.items()}
     rounds: dict[str, list[float]] = {name: [] for name in engines}
