@@ -149,9 +149,11 @@ def render_html(data: dict[str, Any]) -> str:
     sections = []
     seed = report.seed_workload(data)
     if seed is not None:
-        sections.append(("The seed's table on this machine: " + report.workload_title(seed),
+        sections.append((f"{report.HEADLINE}: " + report.workload_title(seed),
                          _table(*report.seed_rows(data))
                          + f"<p class=note>{escape(report.SEED_TABLE)}</p>"))
+        if report.candidate_engines(data):
+            sections.append((report.CANDIDATES, _table(*report.seed_rows(data, candidates=True))))
     sections += [
         ("Targets", _table(*report.target_rows(data))),
         ("Every workload", _table(*report.workload_rows(data))),

@@ -54,12 +54,15 @@ class EngineSpec:
     graph_ops: dict[str, int] = field(default_factory=dict)
     disabled_optimizers: tuple[str, ...] = ()
     """ONNX Runtime graph transformers switched off for this engine's session."""
+    role: str = "baseline"
+    """baseline (PyTorch, fp32 graphs) | shipped (the bundle's model.onnx) | candidate (an int8
+    graph a SOURCE bench quantized without the build's gate: reported apart, never headlined)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "label": self.label, "kind": self.kind,
                 "precision": self.precision, "description": self.description,
                 "file_bytes": self.file_bytes, "graph_ops": self.graph_ops,
-                "disabled_optimizers": list(self.disabled_optimizers)}
+                "disabled_optimizers": list(self.disabled_optimizers), "role": self.role}
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ def _quantize(
             dynamic_seen += 1
         label = f"ORT int8 ({name})"
         engines.append(_ort_engine(engine_id, label, "int8", out,
-                                   f"{name}: {candidate.description}"))
+                                   f"{name}: {candidate.description}", role="candidate"))
     return engines
 
 
@@ -312,11 +315,12 @@ def _prepare_bundle(bundle: Path, work: Path, step: Step) -> PreparedModel:
     if manifest.precision == "int8":
         chosen = str(quant.get("chosen", "int8"))
         engine_id = ORT_INT8_STATIC if chosen.startswith("static") else ORT_INT8_DYNAMIC
-        engines.append(_ort_engine(engine_id, f"ORT int8 ({chosen})", "int8", model_path,
-                                   f"bundle {manifest.model_file}: {quant.get('decision', '')}"))
+        engines.append(_ort_engine(engine_id, f"bundle int8 ({chosen})", "int8", model_path,
+                                   f"bundle {manifest.model_file}: {quant.get('decision', '')}",
+                                   role="shipped"))
     else:
-        engines.append(_ort_engine(ORT_OPT, "ORT fp32 optimized", "fp32", model_path,
-                                   f"bundle {manifest.model_file} (fp32)"))
+        engines.append(_ort_engine(ORT_OPT, "bundle fp32", "fp32", model_path,
+                                   f"bundle {manifest.model_file} (fp32)", role="shipped"))
     config = _source_config(torch_dir)
     hidden = int(config.get("hidden_size", config.get("dim", 0)) or 0) or None
     flops = count_flops(fp32_path or model_path, hidden)
@@ -363,9 +367,9 @@ def _source_config(path: Path | None) -> dict[str, Any]:
 
 
 def _ort_engine(engine_id: str, label: str, precision: str, path: Path,
-                description: str) -> EngineSpec:
+                description: str, role: str = "baseline") -> EngineSpec:
     return EngineSpec(engine_id, label, "onnxruntime", precision, path, description,
-                      path.stat().st_size, graph_ops(path))
+                      path.stat().st_size, graph_ops(path), role=role)
 
 
 def graph_ops(path: Path) -> dict[str, int]:

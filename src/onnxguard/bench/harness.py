@@ -534,7 +534,7 @@ def evaluate_targets(runs: tuple[RunResult, ...], qualities: list[Quality]) -> l
     dynamic = [r.workload for r in runs if r.workload.seq is None and r.engine == int8]
     real = Workload(None, 8) if Workload(None, 8) in dynamic else (
         max(dynamic, key=lambda w: w.batch) if dynamic else Workload(None, 8))
-    ratio(f"real text int8 ({real.id}) vs the seed's pipeline (PyTorch, batch 8 × 128)",
+    ratio(f"real text int8 ({real.id}) vs PyTorch padded to 128 (batch 8 × 128)",
           int8, real, 10.0, f"{int8} on real text")
     by = {(q.engine, q.mode): q for q in qualities}
     mode = next((m for m in ("pad128", "dynamic") if (PYTORCH, m) in by), None)

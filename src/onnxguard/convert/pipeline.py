@@ -245,8 +245,10 @@ def _quantize_stage(
         config.quantize, validate,
         _calibration_feeds(model.tokenizer, model.input_names, calibration),
     )
-    decision.record["shipped_graph"] = session_profile(
-        decision.path, speed_feeds(graphs.reference))
+    profile = session_profile(decision.path, speed_feeds(graphs.reference))
+    decision.record["shipped_graph"] = profile
+    top = ", ".join(f"{op} {share:.0%}" for op, share in list(profile["op_share"].items())[:4])
+    decision.record["summary"] = f"{decision.record['decision']}; kernel time at batch 8: {top}"
     timer.done("quantize", decision.record["decision"])
     return decision
 

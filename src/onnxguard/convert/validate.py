@@ -26,6 +26,7 @@ from onnxguard.errors import UsageError
 from onnxguard.tasks import Task
 
 BATCH = 8
+SMALL_MODEL_PARAMETERS = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -228,13 +229,21 @@ def compute_reference(
     start = time.perf_counter()
     pad_id = pad_id_of(tokenizer)
     inputs, outputs = [], []
-    with torch.no_grad():
-        for case in cases:
-            feed = pad_batch(tokenizer.encode_batch(list(case.texts)), input_names, pad_id,
-                             case.pad_to)
-            out = wrapper(*(torch.from_numpy(feed[n]) for n in input_names))
-            inputs.append(feed)
-            outputs.append(out.detach().float().numpy())
+    threads = torch.get_num_threads()
+    # A small model's matmuls are too short to split: with several threads each call waits on
+    # a thread barrier, which on a busy machine made a tiny model's reference 50x slower.
+    small = sum(p.numel() for p in wrapper.parameters()) < SMALL_MODEL_PARAMETERS
+    torch.set_num_threads(1 if small else threads)
+    try:
+        with torch.inference_mode():
+            for case in cases:
+                feed = pad_batch(tokenizer.encode_batch(list(case.texts)), input_names, pad_id,
+                                 case.pad_to)
+                out = wrapper(*(torch.from_numpy(feed[n]) for n in input_names))
+                inputs.append(feed)
+                outputs.append(out.detach().float().numpy())
+    finally:
+        torch.set_num_threads(threads)
     return Reference(tuple(cases), tuple(inputs), tuple(outputs), time.perf_counter() - start,
                      labels)
 
@@ -244,6 +253,8 @@ def run_onnx(model_path: Path, reference: Reference) -> list[np.ndarray]:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # no spin-waiting between the many small runs: on a shared machine it only steals cores
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     return [session.run(None, feed)[0] for feed in reference.inputs]
 
