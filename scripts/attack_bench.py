@@ -356,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
     command = [
         sys.executable, "-m", "onnxguard", "serve", str(args.bundle),
         "--api-keys-file", str(keys), "--audit-log", str(audit), "--port", str(port),
-        "--rate-limit", "1000000/minute", "--no-access-log", *args.serve_arg,
+        "--rate-limit", "6000/minute", "--no-access-log", *args.serve_arg,
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = []
