@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -356,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
     command = [
         sys.executable, "-m", "onnxguard", "serve", str(args.bundle),
         "--api-keys-file", str(keys), "--audit-log", str(audit), "--port", str(port),
-        "--rate-limit", "1000000/minute", "--no-access-log", *args.serve_arg,
+        "--rate-limit", "6000/minute", "--no-access-log", *args.serve_arg,
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = []
@@ -377,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
+        shutil.rmtree(work, ignore_errors=True)  # keys and audit log of this run
     print(f"machine load (1/5/15 min): {Path('/proc/loadavg').read_text().split()[:3]}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -267,6 +267,44 @@ class RequestError(OnnxGuardError):
     status = 500
 
 
+class ApiError(RequestError):
+    """A request answered with ``status`` and ``{"error": message}`` (and ``headers``); ``outcome``
+    names it in the audit log and metrics (default: by status, see ``HTTP_OUTCOMES``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+        self.outcome = outcome or HTTP_OUTCOMES.get(status, "ok" if status < 400 else "error")
+
+
+HTTP_OUTCOMES = {
+    200: "ok",
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "body_timeout",
+    413: "too_large",
+    415: "unsupported_encoding",
+    422: "invalid",
+    429: "rate_limited",
+    499: "client_disconnected",
+    500: "error",
+    503: "unavailable",
+    504: "timeout",
+}
+"""Audit/metrics outcome of a response by HTTP status (499: the client went away first)."""
+
+
 class OverloadedError(RequestError):
     """The batching queue is full: the request is refused at once (HTTP 503)."""
 

@@ -28,8 +28,6 @@ from onnxguard.serve.auth import generate_secret, key_line
 from onnxguard.serve.settings import AuditSettings, Limits, RateLimit, ServeConfig
 from onnxguard.serve.testing import BackgroundServer
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle_factory: Callable[..., Path]) -> Path:

@@ -6,7 +6,7 @@
 2. API key (401) and scope (403), compared in constant time (``auth.KeyStore``), before any body
    byte is read; failed authentications are limited per client address (429) and audited in
    bounded form (``_authfail.py``)
-3. per-key rate limit (429 + Retry-After)
+3. per-key rate limit and spent token budget (429 + Retry-After), before the body is read
 4. body: declared and received size (413), slow senders (408), gzip/deflate decoded in a worker
    thread with a bound on output bytes and members (``_codec.py``)
 5. the app; an unexpected exception becomes a 500 with no detail (logged with its type)
@@ -113,6 +113,7 @@ class Guard:
         model_info: Callable[[], tuple[str | None, str | None]],
         state: ServeState,
         auth_failures: AuthFailures,
+        tokens: RateLimiter | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -123,6 +124,7 @@ class Guard:
         self.model_info = model_info
         self.state = state
         self.auth_failures = auth_failures
+        self.tokens = tokens
         # Request ids: a random per-process prefix and a counter (unique, and no syscall per
         # request as uuid4 would make).
         self._id_prefix = secrets.token_hex(6)
@@ -241,6 +243,15 @@ class Guard:
                     429,
                     f"rate limit exceeded ({self.limiter.limit} per key)",
                     headers={"Retry-After": str(decision.retry_after_s)},
+                )
+        if self.tokens is not None and needed == SCOPE_INFER:
+            spent = self.tokens.acquire(ctx.tenant, 0.0)  # a spent token budget: no body read
+            if not spent.allowed:
+                raise ApiError(
+                    429,
+                    f"token budget exceeded ({self.tokens.limit} tokens per key)",
+                    headers={"Retry-After": str(spent.retry_after_s)},
+                    outcome="token_limited",
                 )
 
     async def _auth_failed(self, ctx: RequestContext) -> None:

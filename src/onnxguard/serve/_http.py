@@ -13,45 +13,24 @@ from typing import Any
 
 from starlette.responses import Response
 
-_OUTCOMES = {
-    200: "ok",
-    400: "invalid",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "body_timeout",
-    413: "too_large",
-    415: "unsupported_encoding",
-    422: "invalid",
-    429: "rate_limited",
-    499: "client_disconnected",
-    500: "error",
-    503: "unavailable",
-    504: "timeout",
-}
+from onnxguard.errors import HTTP_OUTCOMES, ApiError
+
+__all__ = [
+    "CONTEXT_KEY",
+    "ApiError",
+    "RequestContext",
+    "ServeState",
+    "context_of",
+    "error_body",
+    "error_response",
+    "json_response",
+    "outcome_for",
+    "shown",
+]
 
 
 def outcome_for(status: int) -> str:
-    return _OUTCOMES.get(status, "ok" if status < 400 else "error")
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        headers: dict[str, str] | None = None,
-        outcome: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-        self.outcome = outcome or outcome_for(status)
+    return HTTP_OUTCOMES.get(status, "ok" if status < 400 else "error")
 
 
 def error_body(message: str) -> bytes:

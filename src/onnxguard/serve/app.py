@@ -231,6 +231,7 @@ def create_app(
         model_info=model_info,
         state=handles.state,
         auth_failures=auth_failures,
+        tokens=service.tokens,
     )
     if config.cors_origins:
         app.add_middleware(

@@ -309,7 +309,7 @@ class Batcher:
         shared = len({item.request.tenant for item in window}) > 1 or self._others_active(
             anchor.request.tenant
         )
-        token_cap = settings.max_batch_tokens // 8 if shared else settings.max_batch_tokens
+        token_cap = settings.max_batch_tokens // 16 if shared else settings.max_batch_tokens
         ordered = sorted(window, key=lambda item: item.length)
         pos = next(i for i, item in enumerate(ordered) if item is anchor)
         lo = hi = pos

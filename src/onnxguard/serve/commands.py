@@ -111,10 +111,10 @@ def serve_command(
         help="Failed authentications per client address per minute (429 beyond).",
     ),
     token_limit: str = typer.Option(
-        "120000/minute",
+        "60000/minute",
         "--token-limit",
-        help="Tokens per key: N/second|minute|hour|day, or off (429 beyond); the default is "
-        "about a seventh of what 2 CPU cores run with MiniLM.",
+        help="Tokens per key: N/second|minute|hour|day, or off (429 beyond); the default "
+        "matches 600 requests/minute of ~100 tokens.",
     ),
     max_batch: int = typer.Option(32, "--max-batch", help="Texts per ONNX Runtime call."),
     max_wait_ms: float = typer.Option(

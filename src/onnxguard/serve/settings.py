@@ -231,7 +231,7 @@ class ServeConfig:
     allow_unauthenticated: bool = False
     """Escape hatch for local experiments: no key needed (rate limits then apply per client)."""
     rate_limit: RateLimit | None = RateLimit(600, 60.0)
-    token_limit: RateLimit | None = RateLimit(120_000, 60.0)
+    token_limit: RateLimit | None = RateLimit(60_000, 60.0)
     """Tokens per key (per client address without keys): a request that finds its key's token
     bucket empty gets a 429 with Retry-After; the tokens a request used are charged after
     tokenization, so one key's heavy requests cannot take the whole machine."""
