@@ -113,7 +113,7 @@ class Guard:
         model_info: Callable[[], tuple[str | None, str | None]],
         state: ServeState,
         auth_failures: AuthFailures,
-        tokens: RateLimiter | None = None,
+        tokens: Limiter | None = None,
     ) -> None:
         self.app = app
         self.config = config
