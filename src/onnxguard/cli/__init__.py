@@ -1,8 +1,8 @@
 """The ``onnxguard`` command: one typer app, one module per command group, errors rendered once.
 
 Modules: ``build`` (build), ``bundle`` (predict, inspect), ``integrity`` (keygen, sign, verify,
-encrypt, decrypt), ``scan``, ``bench``; ``serve``, ``apikey`` and ``audit`` come from
-``onnxguard.serve.commands``.  Shared options are defined once in ``_options``; what reaches
+encrypt, decrypt), ``scan``, ``bench``, ``serve`` (with ``apikey`` and ``audit``).  Shared
+options are defined once in ``_options``; what reaches
 the terminal or a pipe, errors included, goes through ``_output``.  Heavy libraries (torch,
 transformers) are imported inside the commands that need them, so ``serve``, ``predict`` and
 ``scan`` start fast and never load them.
@@ -20,7 +20,7 @@ from typer._click.core import Context
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
-from onnxguard.cli import bench, build, bundle, integrity, scan
+from onnxguard.cli import bench, build, bundle, integrity, scan, serve
 from onnxguard.cli._options import HIDDEN_ALIASES
 from onnxguard.cli._output import (
     console,
@@ -61,16 +61,12 @@ def normalize_args(group: TyperGroup, args: Sequence[str]) -> list[str]:
 
 
 def _alias(arg: str, own: set[str]) -> str:
-    """The name the command knows: an old name becomes the new one, and for a command that
-    still declares only the old name (serve's, until it moves here) the new one the old."""
+    """The name the command knows: an old name becomes the new one."""
     name, sep, value = arg.partition("=")
-    target = HIDDEN_ALIASES.get(name) or _OLD_NAMES.get(name)
+    target = HIDDEN_ALIASES.get(name)
     if target is None or name in own or target not in own:
         return arg
     return target + sep + value
-
-
-_OLD_NAMES = {new: old for old, new in HIDDEN_ALIASES.items()}
 
 
 def _version() -> str:
@@ -109,17 +105,8 @@ def _root(
     _state["verbose"] = _state["verbose"] or verbose
 
 
-for _module in (build, bundle, integrity, scan, bench):
+for _module in (build, bundle, integrity, scan, bench, serve):
     _module.register(app)
-
-
-def _register_serve() -> None:
-    from onnxguard.serve import commands as serve_commands
-
-    serve_commands.register(app)
-
-
-_register_serve()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

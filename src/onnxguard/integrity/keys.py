@@ -3,7 +3,7 @@
 Two kinds of keys, kept apart on purpose (key separation):
 
 * a **signing key pair** (EC P-256, PEM): the private half signs bundles (``onnxguard sign``), the
-  public half verifies them (``onnxguard verify``, ``--pub`` on load);
+  public half verifies them (``onnxguard verify``, ``--public-key`` on load);
 * a **key-encryption key** (256-bit AES): it never encrypts model files itself; it only wraps the
   random data key that each bundle gets (envelope encryption, see ``encryption.py``).
 

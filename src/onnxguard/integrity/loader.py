@@ -7,7 +7,7 @@ hashed too, streamed) → (decrypt in memory, when encrypted).  The bytes
 returned are the bytes that were checked; nothing is read twice and nothing decrypted touches the
 disk: the model goes to onnxruntime as bytes, the tokenizer as a string.
 
-Settings are passed in explicitly (no environment reading here): the CLI maps ``--pub`` /
+Settings are passed in explicitly (no environment reading here): the CLI maps ``--public-key`` /
 ``ONNXGUARD_PUBLIC_KEY`` and ``--key-source`` / ``ONNXGUARD_KEY_SOURCE`` to the two arguments.
 """
 

@@ -16,7 +16,7 @@ def test_serving_never_imports_torch_or_transformers(
 import sys
 import httpx
 import onnxguard.cli  # every command registered, as `onnxguard serve` runs it
-import onnxguard.serve, onnxguard.serve.commands
+import onnxguard.serve, onnxguard.cli.serve
 from onnxguard.serve.app import create_app
 from onnxguard.serve.settings import ServeConfig
 from onnxguard.serve.testing import BackgroundServer

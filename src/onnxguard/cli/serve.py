@@ -1,6 +1,6 @@
 """Commands: ``serve``, ``apikey new``, ``audit verify``.
 
-Flags map 1:1 onto ``ServeConfig``; ``--api-keys-file``, ``--audit-log``, ``--pub`` and
+Flags map 1:1 onto ``ServeConfig``; ``--api-keys-file``, ``--audit-log``, ``--public-key`` and
 ``--key-source`` fall back to ``ONNXGUARD_API_KEYS_FILE``, ``ONNXGUARD_AUDIT_LOG``,
 ``ONNXGUARD_PUBLIC_KEY`` and ``ONNXGUARD_KEY_SOURCE``.  Secrets never go on the command line:
 the TLS key password comes from the env var named by ``--tls-key-password-env``.  Nothing heavy
@@ -15,11 +15,10 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from onnxguard.cli._options import BundleDir, Json, KeySource, Providers, PublicKey, Threads
+from onnxguard.cli._output import console
 from onnxguard.errors import PathNotFoundError, UsageError
-
-err_console = Console(stderr=True)
 
 
 class LogLevelChoice(StrEnum):
@@ -42,7 +41,7 @@ audit_app = typer.Typer(help="Check `onnxguard serve` audit logs.", no_args_is_h
 
 
 def serve_command(
-    bundle: Path = typer.Argument(..., help="Bundle directory written by `onnxguard build`."),
+    bundle: BundleDir,
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told)."),
     port: int = typer.Option(8000, help="Port to bind."),
     model_name: str | None = typer.Option(
@@ -136,29 +135,15 @@ def serve_command(
         help="Length bucketing: fixed cost of one model call, in padded tokens.",
     ),
     batch_workers: int = typer.Option(1, "--batch-workers", help="Threads running batches."),
-    threads: int | None = typer.Option(
-        None, help="ONNX Runtime intra-op threads (default: the cores available)."
-    ),
-    providers: str | None = typer.Option(
-        None, help="Comma-separated execution providers (default: TensorRT → CUDA → CPU)."
-    ),
+    threads: Threads = None,
+    providers: Providers = None,
     ort_spinning: bool = typer.Option(
         False,
         "--ort-spinning/--no-ort-spinning",
         help="Let ONNX Runtime threads spin between calls (off: they starve the event loop).",
     ),
-    public_key: Path | None = typer.Option(
-        None,
-        "--pub",
-        envvar="ONNXGUARD_PUBLIC_KEY",
-        help="Require a valid signature by this public key.",
-    ),
-    key_source: str | None = typer.Option(
-        None,
-        "--key-source",
-        envvar="ONNXGUARD_KEY_SOURCE",
-        help="Key for an encrypted bundle: env:NAME or file:PATH.",
-    ),
+    public_key: PublicKey = None,
+    key_source: KeySource = None,
     docs: DocsChoice = typer.Option(
         DocsChoice.ON, help="OpenAPI docs: on (key needed), off, or public (no key)."
     ),
@@ -293,7 +278,7 @@ def apikey_new_command(
     keys_file: Path | None = typer.Option(
         None, "--keys-file", help="Append the line to this keys file (created mode 0600)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print id, secret and line as JSON."),
+    as_json: Json = False,
 ) -> None:
     """Make a new API key: prints the secret (once) and the line for the keys file."""
     from onnxguard.serve.auth import append_key_line, check_scopes, generate_secret, key_line
@@ -316,16 +301,16 @@ def apikey_new_command(
             )
         )
         return
-    err_console.print(
+    console(stderr=True).print(
         f"API key [bold]{key_id}[/] ({', '.join(sorted(wanted))}); the secret "
         "is shown once and stored nowhere:",
         highlight=False,
     )
     typer.echo(secret)
     if keys_file is not None:
-        err_console.print(f"added to {keys_file}", highlight=False)
+        console(stderr=True).print(f"added to {keys_file}", highlight=False)
     else:
-        err_console.print("add this line to the API keys file:", highlight=False)
+        console(stderr=True).print("add this line to the API keys file:", highlight=False)
         typer.echo(line)
 
 
@@ -335,7 +320,7 @@ def audit_verify_command(
     rotated: bool = typer.Option(
         True, "--rotated/--no-rotated", help="Also check the rotated files and their links."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: Json = False,
 ) -> None:
     """Check every record's hash and the chain; exit 7 if anything was edited or deleted."""
     from onnxguard.serve.audit import AuditChainError, rotated_files, verify_chain
@@ -354,13 +339,13 @@ def audit_verify_command(
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         for problem in report.problems:
-            err_console.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)
+            console(stderr=True).print(f"✗ {problem}", markup=False)
         state = (
             "closed by a clean shutdown"
             if report.closed
             else "open (server running, or it stopped without a clean shutdown)"
         )
-        err_console.print(
+        console(stderr=True).print(
             f"{report.records} records ({report.requests} requests) in {len(report.files)} "
             f"file(s), seq {report.first_seq}..{report.last_seq}; {state}; "
             f"{'complete from the first record' if report.complete else 'older files pruned'}",
