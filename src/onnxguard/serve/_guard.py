@@ -43,6 +43,7 @@ from onnxguard.serve._http import (
 )
 from onnxguard.serve._shared import AuditSink, Limiter
 from onnxguard.serve.auth import SCOPE_INFER, SCOPE_METRICS, SCOPES, KeyStore, Principal
+from onnxguard.serve.compat import COMPAT_PATHS
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.settings import DocsMode, ServeConfig
 
@@ -81,7 +82,7 @@ def classify(path: str, docs: DocsMode) -> RouteClass:
         return RouteClass(path, None, audited=False)
     if path == "/metrics":
         return RouteClass(path, SCOPE_METRICS, audited=True)
-    if path in ("/v1/classify", "/v1/embed", "/v2"):
+    if path in ("/v1/classify", "/v1/embed", "/v2") or path in COMPAT_PATHS:
         return RouteClass(path, SCOPE_INFER, audited=True)
     if path in DOCS_PATHS:
         if docs is DocsMode.PUBLIC:

@@ -37,6 +37,7 @@ from onnxguard.serve._http import ApiError, ServeState, context_of, error_respon
 from onnxguard.serve._shared import AuditSink, Limiter, SharedState
 from onnxguard.serve.audit import AuditLog
 from onnxguard.serve.auth import KeyStore
+from onnxguard.serve.compat import add_compat_routes
 from onnxguard.serve.metrics import CONTENT_TYPE, ServeMetrics
 from onnxguard.serve.ratelimit import RateLimiter
 from onnxguard.serve.service import EngineLoader, Service, default_loader
@@ -215,6 +216,7 @@ def create_app(
     app.state.onnxguard = handles
     _install_error_handlers(app)
     _add_v1_routes(app, service, metrics, shared)
+    add_compat_routes(app, service)
     app.include_router(make_router(service, lambda: handles.ready))
     _openapi_for_the_task(app, service)
 

@@ -1,0 +1,283 @@
+"""The APIs clients already speak: OpenAI embeddings and text-embeddings-inference (TEI).
+
+- ``POST /v1/embeddings`` (OpenAI): ``input`` (string or list), ``model``, ``encoding_format``
+  (``float`` or ``base64`` of little-endian float32), ``dimensions`` (Matryoshka-style: the first
+  N dimensions, renormalised), ``usage`` token counts.  Works with the unmodified ``openai`` client.
+- TEI: ``POST /embed``, ``POST /predict``, ``POST /tokenize``, ``GET /info`` and ``POST /`` (the
+  route of the model's kind), as ``huggingface_hub.InferenceClient`` calls them.
+
+Every route sits behind the same guard as ``/v1`` and ``/v2`` (keys, scopes, rate limits and
+token budgets, body limits, audit) and runs through the same batcher.  Truncation is the
+caller's choice: ``truncate: false`` (TEI's default; always for OpenAI, which has no such field)
+refuses a text longer than the model's maximum length with a 413 that says so, instead of
+silently cutting it; where it is allowed, a truncated text is reported.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.responses import Response
+from tokenizers import Encoding, Tokenizer
+
+from onnxguard import __version__
+from onnxguard.runtime import softmax
+from onnxguard.serve._http import ApiError, context_of, json_response
+from onnxguard.serve.service import Inference, Service
+from onnxguard.tasks import Task
+
+COMPAT_PATHS = ("/v1/embeddings", "/embed", "/predict", "/tokenize", "/info", "/")
+
+
+class OpenAIEmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    input: str | list[str] = Field(description="A text or a list of texts.")
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+
+
+class TruncationDirection(StrEnum):
+    RIGHT = "Right"
+    LEFT = "Left"
+
+
+class TEIEmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    inputs: str | list[str]
+    normalize: bool = True
+    truncate: bool = False
+    truncation_direction: TruncationDirection = TruncationDirection.RIGHT
+    prompt_name: str | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+
+
+class PredictParameters(BaseModel):
+    """The Hugging Face inference parameters ``InferenceClient.text_classification`` sends."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    top_k: int | None = Field(default=None, ge=1)
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
+
+
+class TEIPredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    inputs: str | list[str]
+    parameters: PredictParameters | None = None
+    raw_scores: bool = False
+    truncate: bool = False
+    truncation_direction: TruncationDirection = TruncationDirection.RIGHT
+
+
+class TEITokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    inputs: str | list[str]
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+_OPENAI = TypeAdapter(OpenAIEmbeddingsRequest)
+_EMBED = TypeAdapter(TEIEmbedRequest)
+_PREDICT = TypeAdapter(TEIPredictRequest)
+_TOKENIZE = TypeAdapter(TEITokenizeRequest)
+
+
+async def _parse(request: Request, adapter: TypeAdapter[Any]) -> Any:
+    """JSON body → model: 415 unless JSON, 400 if malformed, 422 if off-schema (never echoes)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, "Content-Type must be application/json")
+    body = await request.body()
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        if any(e.get("type") == "json_invalid" for e in errors):
+            raise ApiError(400, "request body is not valid JSON") from None
+        where = ".".join(str(p) for p in errors[0].get("loc", ())) or "body"
+        raise ApiError(422, f"{where}: {errors[0].get('msg', 'invalid')}") from None
+
+
+def _texts(inputs: str | list[str]) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else list(inputs)
+
+
+def _no_prompts(prompt_name: str | None) -> None:
+    if prompt_name is not None:
+        raise ApiError(422, "prompt_name: this model defines no prompts")
+
+
+class _Truncation:
+    """Apply a request's truncation choice before the texts reach the batcher."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._full: Tokenizer | None = None
+
+    def full_tokenizer(self) -> Tokenizer:
+        """The bundle's tokenizer without truncation (built once, on first use)."""
+        if self._full is None:
+            full = Tokenizer.from_str(self.service.engine.tokenizer.to_str())
+            full.no_truncation()
+            full.no_padding()
+            self._full = full
+        return self._full
+
+    def left(self, texts: Sequence[str]) -> list[str]:
+        """Keep the end of each over-long text: cut it where its last tokens begin."""
+        limit = self.service.engine.max_length
+        out = []
+        for text, encoding in zip(texts, self.full_tokenizer().encode_batch(list(texts)),
+                                  strict=True):
+            specials = sum(encoding.special_tokens_mask)
+            words = [i for i, s in enumerate(encoding.special_tokens_mask) if not s]
+            keep = limit - specials
+            if len(words) <= keep:
+                out.append(text)
+                continue
+            start = encoding.offsets[words[len(words) - keep]][0]
+            out.append(text[start:])
+        return out
+
+
+def _check_length(inference: Inference, truncate: bool, max_length: int) -> list[bool]:
+    """Which texts were cut; with ``truncate`` false a cut text is a 413."""
+    cut = [bool(e.overflowing) for e in inference.encodings]
+    if not truncate and any(cut):
+        index = cut.index(True)
+        raise ApiError(413, f"text {index} is longer than the model's maximum of {max_length} "
+                       "tokens; shorten it, or send truncate: true to cut it there")
+    return cut
+
+
+def _embeddings(service: Service, inference: Inference, normalize: bool,
+                dimensions: int | None) -> np.ndarray:
+    vectors = np.stack(inference.rows).astype(np.float32)
+    if dimensions is not None:
+        if dimensions > vectors.shape[1]:
+            raise ApiError(422, f"dimensions: the model has {vectors.shape[1]}, asked for "
+                           f"{dimensions}")
+        vectors = vectors[:, :dimensions]
+        normalize = True  # a prefix of a unit vector is not one: renormalise
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return vectors
+
+
+def _require(service: Service, task: Task, route: str) -> None:
+    if service.engine.task is not task:
+        raise ApiError(400, f"this model is {service.engine.task.value}: {route} needs a "
+                       f"{task.value} model")
+
+
+def add_compat_routes(app: FastAPI, service: Service) -> None:
+    """Register the OpenAI and TEI routes on ``app`` (the guard already covers every path)."""
+    truncation = _Truncation(service)
+
+    async def run(request: Request, texts: list[str], truncate: bool,
+                  direction: TruncationDirection) -> tuple[Inference, list[bool]]:
+        if truncate and direction is TruncationDirection.LEFT:
+            texts = truncation.left(texts)
+        inference = await service.infer(texts, context_of(request.scope))
+        return inference, _check_length(inference, truncate, service.engine.max_length)
+
+    @app.post("/v1/embeddings", tags=["openai"], summary="OpenAI-compatible embeddings")
+    async def openai_embeddings(request: Request) -> Response:
+        body: OpenAIEmbeddingsRequest = await _parse(request, _OPENAI)
+        _require(service, Task.FEATURE_EXTRACTION, "/v1/embeddings")
+        if body.model is not None and body.model != service.model_name:
+            raise ApiError(404, "unknown model; GET /info names the model served here")
+        inference, _ = await run(request, _texts(body.input), False, TruncationDirection.RIGHT)
+        vectors = _embeddings(service, inference, normalize=False, dimensions=body.dimensions)
+        data = []
+        for index, vector in enumerate(vectors):
+            embedding: Any = (base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+                              if body.encoding_format == "base64" else vector.tolist())
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(e.ids) for e in inference.encodings)
+        return json_response({"object": "list", "data": data, "model": service.model_name,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def tei_embed(request: Request) -> Response:
+        body: TEIEmbedRequest = await _parse(request, _EMBED)
+        _require(service, Task.FEATURE_EXTRACTION, "/embed")
+        _no_prompts(body.prompt_name)
+        inference, cut = await run(request, _texts(body.inputs), body.truncate,
+                                   body.truncation_direction)
+        vectors = _embeddings(service, inference, body.normalize, body.dimensions)
+        headers = {"X-Truncated-Inputs": str(sum(cut))} if any(cut) else None
+        return json_response(vectors.tolist(), headers=headers)
+
+    async def tei_predict(request: Request) -> Response:
+        body: TEIPredictRequest = await _parse(request, _PREDICT)
+        _require(service, Task.TEXT_CLASSIFICATION, "/predict")
+        inference, cut = await run(request, _texts(body.inputs), body.truncate,
+                                   body.truncation_direction)
+        engine = service.engine
+        logits = np.stack(inference.rows).astype(np.float64)
+        parameters = body.parameters or PredictParameters()
+        function = parameters.function_to_apply or ("none" if body.raw_scores else "softmax")
+        scores = {"none": logits, "softmax": softmax(logits),
+                  "sigmoid": 1.0 / (1.0 + np.exp(-logits))}[function]
+        top = parameters.top_k or scores.shape[1]
+        results = [[{"label": engine.label_of(int(i)), "score": float(row[i])}
+                    for i in np.argsort(-row, kind="stable")[:top]]
+                   for row in scores]
+        headers = {"X-Truncated-Inputs": str(sum(cut))} if any(cut) else None
+        payload: Any = results[0] if isinstance(body.inputs, str) else results
+        return json_response(payload, headers=headers)
+
+    app.post("/embed", tags=["tei"], summary="TEI: embed texts")(tei_embed)
+    app.post("/predict", tags=["tei"], summary="TEI: classify texts")(tei_predict)
+
+    @app.post("/", tags=["tei"], summary="TEI: the route of this model's kind")
+    async def tei_root(request: Request) -> Response:
+        if service.engine.task is Task.FEATURE_EXTRACTION:
+            return await tei_embed(request)
+        return await tei_predict(request)
+
+    @app.post("/tokenize", tags=["tei"], summary="TEI: tokenize texts")
+    async def tei_tokenize(request: Request) -> Response:
+        body: TEITokenizeRequest = await _parse(request, _TOKENIZE)
+        _no_prompts(body.prompt_name)
+        texts = _texts(body.inputs)
+        service.check_texts(texts)
+        tokenizer = service.engine.tokenizer
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=body.add_special_tokens)
+        return json_response([_tokens(text, e) for text, e in zip(texts, encodings,
+                                                                   strict=True)])
+
+    @app.get("/info", tags=["tei"], summary="TEI: what is served")
+    async def tei_info() -> Response:
+        engine = service.engine
+        kind: dict[str, Any]
+        if engine.task is Task.FEATURE_EXTRACTION:
+            pooling = engine.manifest.pooling
+            kind = {"embedding": {"pooling": pooling.mode.value if pooling else "mean"}}
+        else:
+            kind = {"classifier": {"id2label": dict(enumerate(engine.labels))}}
+        limits = service.config.limits
+        return json_response({
+            "model_id": service.model_name, "model_sha": engine.digest,
+            "model_dtype": engine.manifest.precision, "model_type": kind,
+            "max_input_length": engine.max_length, "max_client_batch_size": limits.max_texts,
+            "max_batch_tokens": service.config.batching.max_batch_tokens,
+            "version": __version__, "router": "onnxguard",
+        })
+
+
+def _tokens(text: str, encoding: Encoding) -> list[dict[str, Any]]:
+    return [{"id": token_id, "text": text[start:stop] if not special else token,
+             "special": bool(special), "start": start if not special else None,
+             "stop": stop if not special else None}
+            for token_id, token, (start, stop), special in zip(
+                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask,
+                strict=True)]
