@@ -147,13 +147,14 @@ class _Truncation:
         return out
 
 
-def _check_length(inference: Inference, truncate: bool, max_length: int) -> list[bool]:
-    """Which texts were cut; with ``truncate`` false a cut text is a 413."""
+def _check_length(inference: Inference, truncate: bool, max_length: int,
+                  fix: str) -> list[bool]:
+    """Which texts were cut; with ``truncate`` false a cut text is a 413 that says ``fix``."""
     cut = [bool(e.overflowing) for e in inference.encodings]
     if not truncate and any(cut):
         index = cut.index(True)
         raise ApiError(413, f"text {index} is longer than the model's maximum of {max_length} "
-                       "tokens; shorten it, or send truncate: true to cut it there")
+                       f"tokens; {fix}")
     return cut
 
 
@@ -183,11 +184,13 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
     truncation = _Truncation(service)
 
     async def run(request: Request, texts: list[str], truncate: bool,
-                  direction: TruncationDirection) -> tuple[Inference, list[bool]]:
+                  direction: TruncationDirection,
+                  fix: str = "shorten it, or send truncate: true to cut it there",
+                  ) -> tuple[Inference, list[bool]]:
         if truncate and direction is TruncationDirection.LEFT:
             texts = truncation.left(texts)
         inference = await service.infer(texts, context_of(request.scope))
-        return inference, _check_length(inference, truncate, service.engine.max_length)
+        return inference, _check_length(inference, truncate, service.engine.max_length, fix)
 
     @app.post("/v1/embeddings", tags=["openai"], summary="OpenAI-compatible embeddings")
     async def openai_embeddings(request: Request) -> Response:
@@ -195,7 +198,8 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
         _require(service, Task.FEATURE_EXTRACTION, "/v1/embeddings")
         if body.model is not None and body.model != service.model_name:
             raise ApiError(404, "unknown model; GET /info names the model served here")
-        inference, _ = await run(request, _texts(body.input), False, TruncationDirection.RIGHT)
+        inference, _ = await run(request, _texts(body.input), False, TruncationDirection.RIGHT,
+                                 fix="shorten it (or use /embed with truncate: true)")
         vectors = _embeddings(service, inference, normalize=False, dimensions=body.dimensions)
         data = []
         for index, vector in enumerate(vectors):
