@@ -12,8 +12,8 @@ model) count false alarms.
 
 Verdicts per cell: ``detected`` (ours: findings at or above high; peers: exit 1), ``unscanned``
 (ours: could not check it, which fails the scan with exit 2), ``error`` (a peer exited 2 or
-crashed: a CI job stops, but nothing says why), ``unsupported`` (modelscan exit 3), ``missed``
-(exit 0).  On clean controls a pass reads ``pass``.  modelaudit runs with telemetry off.
+crashed: a CI job stops, but nothing says why), ``unsupported`` (modelscan exit 3: no file it
+knows, which also stops a CI job), ``missed`` (exit 0).  On clean controls a pass reads ``pass``.  modelaudit runs with telemetry off.
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ def run_all(cases: list[Case], peers: Peers, workers: int) -> list[dict[str, obj
 
 # --- the table -----------------------------------------------------------------------------------
 def _blocked(verdict: object) -> bool:
-    return str(verdict).startswith(("detected", "unscanned", "error"))
+    """A non-zero exit: the file does not get through a CI gate, whatever the reason."""
+    return str(verdict).startswith(("detected", "unscanned", "error", "unsupported"))
 
 
 def render_markdown(rows: list[dict[str, object]]) -> str:
