@@ -13,7 +13,8 @@ model) count false alarms.
 Verdicts per cell: ``detected`` (ours: findings at or above high; peers: exit 1), ``unscanned``
 (ours: could not check it, which fails the scan with exit 2), ``error`` (a peer exited 2 or
 crashed: a CI job stops, but nothing says why), ``unsupported`` (modelscan exit 3: no file it
-knows, which also stops a CI job), ``missed`` (exit 0).  On clean controls a pass reads ``pass``.  modelaudit runs with telemetry off.
+knows, which also stops a CI job), ``missed`` (exit 0).  On clean controls a pass reads
+``pass``.  modelaudit runs with telemetry off.
 """
 
 from __future__ import annotations
