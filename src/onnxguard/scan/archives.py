@@ -1,10 +1,13 @@
-"""Containers: ZIP (PyTorch checkpoints, npz), tar, gzip/bzip2/xz streams, numpy, HDF5.
+"""Containers: ZIP (PyTorch checkpoints, Keras v3, npz), 7z, tar, gzip/bzip2/xz, numpy, HDF5.
 
 ZIP members are read from their *local* headers, as PyTorch's reader does, and compared with the
 central directory that Python's ``zipfile`` trusts: a mismatch, a bogus encryption flag or a bad
 CRC is reported (each broke a scanner while PyTorch loaded the file: CVE-2025-1944, -1945,
--10156) and the member is scanned anyway.  Every member is identified by content and handed back
-to the dispatcher, so a pickle hidden under any name inside any nesting is found.
+-10156) and the member is scanned anyway.  A member that really is encrypted (its data does not
+read as plaintext with the recorded CRC) makes the archive unscanned, once, instead of being
+misread.  Members whose Unix mode says symbolic link are reported, like tar links.  7z archives
+are read in memory with py7zr.  Every member is identified by content and handed back to the
+dispatcher, so a pickle hidden under any name inside any nesting is found.
 """
 
 from __future__ import annotations
@@ -171,43 +174,7 @@ def scan_zip(
                 )
             )
         _check_zip_directory(infos, sink, file, location)
-        limit = max(config.max_pickle_bytes, config.max_nested_bytes)
-        encrypted: list[str] = []
-        members: dict[str, LazyBlob] = {}
-        for info in infos:
-            where = join_location(location, f"zip member {info.filename}")
-            if is_unsafe_member_name(info.filename):
-                sink.add(
-                    "ARC001",
-                    file,
-                    where,
-                    f"member name {info.filename!r} escapes the extraction directory",
-                )
-            if info.is_dir():
-                continue
-            try:
-                member = _ZipMember(fh, info, sink, file, where)
-            except Unscannable as exc:
-                sink.skip(file, str(exc))
-                continue
-            if member.encrypted_flag:
-                if not member.plaintext_matches(limit):
-                    encrypted.append(info.filename)
-                    continue
-                sink.add(
-                    "ARC004",
-                    file,
-                    where,
-                    "member is flagged as encrypted but holds plaintext; PyTorch ignores the "
-                    "flag while zipfile-based scanners give up",
-                )
-            mblob = LazyBlob(info.file_size, member.head, partial(member.full, limit))
-            if _is_symlink(info):
-                target = mblob.head(1024).decode("utf-8", "replace")
-                sink.add("ARC007", file, where, f"symbolic link member pointing to {target!r}")
-                continue
-            members[info.filename] = mblob
-            scan_member(mblob, info.filename, where, depth + 1, info.filename.endswith(".pkl"))
+        members, encrypted = _scan_zip_members(fh, infos, sink, file, location, depth, scan_member)
         if encrypted:
             shown = ", ".join(encrypted[:3]) + (" ..." if len(encrypted) > 3 else "")
             sink.skip(
@@ -221,6 +188,56 @@ def scan_zip(
             check_keras_archive(members, sink, file, location)
             return "keras"
     return "zip"
+
+
+def _scan_zip_members(
+    fh: BinaryIO,
+    infos: list[zipfile.ZipInfo],
+    sink: Sink,
+    file: str,
+    location: str,
+    depth: int,
+    scan_member: ScanMember,
+) -> tuple[dict[str, LazyBlob], list[str]]:
+    """Hand every readable member to ``scan_member``; returns them and the encrypted ones."""
+    limit = max(sink.config.max_pickle_bytes, sink.config.max_nested_bytes)
+    encrypted: list[str] = []
+    members: dict[str, LazyBlob] = {}
+    for info in infos:
+        where = join_location(location, f"zip member {info.filename}")
+        if is_unsafe_member_name(info.filename):
+            sink.add(
+                "ARC001",
+                file,
+                where,
+                f"member name {info.filename!r} escapes the extraction directory",
+            )
+        if info.is_dir():
+            continue
+        try:
+            member = _ZipMember(fh, info, sink, file, where)
+        except Unscannable as exc:
+            sink.skip(file, str(exc))
+            continue
+        if member.encrypted_flag:
+            if not member.plaintext_matches(limit):
+                encrypted.append(info.filename)
+                continue
+            sink.add(
+                "ARC004",
+                file,
+                where,
+                "member is flagged as encrypted but holds plaintext; PyTorch ignores the "
+                "flag while zipfile-based scanners give up",
+            )
+        mblob = LazyBlob(info.file_size, member.head, partial(member.full, limit))
+        if _is_symlink(info):
+            target = mblob.head(1024).decode("utf-8", "replace")
+            sink.add("ARC007", file, where, f"symbolic link member pointing to {target!r}")
+            continue
+        members[info.filename] = mblob
+        scan_member(mblob, info.filename, where, depth + 1, info.filename.endswith(".pkl"))
+    return members, encrypted
 
 
 def _check_zip_directory(
