@@ -495,6 +495,27 @@ def scan_numpy(blob: Blob, sink: Sink, file: str, location: str) -> bool:
 # --- HDF5 ----------------------------------------------------------------------------------------
 def scan_hdf5(blob: Blob, sink: Sink, file: str, location: str) -> None:
     """Keras HDF5 models store their config as JSON in an attribute: look for Lambda layers."""
+    at = find_keras_lambda(blob)
+    if at is not None:
+        sink.add(
+            "FILE008",
+            file,
+            join_location(location, f"byte {at}"),
+            "model config declares a Keras Lambda layer (marshalled Python code)",
+        )
+        return
+    sink.add(
+        "FILE007",
+        file,
+        location,
+        "HDF5 file (Keras/TensorFlow weights); no Lambda layer "
+        "found, the format is not otherwise parsed",
+    )
+
+
+def find_keras_lambda(blob: Blob) -> int | None:
+    """Byte offset of a ``"class_name": "Lambda"`` in a Keras config stored anywhere in ``blob``
+    (HDF5 attribute, ``keras_metadata.pb``), read in overlapping chunks; None when absent."""
     overlap = 64
     previous = b""
     with blob.open() as fh:
@@ -503,20 +524,7 @@ def scan_hdf5(blob: Blob, sink: Sink, file: str, location: str) -> None:
             window = previous + chunk
             match = _KERAS_LAMBDA.search(window)
             if match:
-                at = offset - len(previous) + match.start()
-                sink.add(
-                    "FILE008",
-                    file,
-                    join_location(location, f"byte {at}"),
-                    "model config declares a Keras Lambda layer (marshalled Python code)",
-                )
-                return
+                return offset - len(previous) + match.start()
             previous = window[-overlap:]
             offset += len(chunk)
-    sink.add(
-        "FILE007",
-        file,
-        location,
-        "HDF5 file (Keras/TensorFlow weights); no Lambda layer "
-        "found, the format is not otherwise parsed",
-    )
+    return None

@@ -193,6 +193,7 @@ class _Scanner:
             elif kind is Kind.ONNX:
                 continue  # checked (or reported unscannable) with the models above
             elif data_kind is not None and not self._loadable(kind, blob):
+                self._keras_metadata(rel, full, st.st_size)
                 self.sink.files.append(ScannedFile(rel, data_kind, st.st_size))
             else:
                 self.scan_file(rel, blob, kind)
@@ -226,6 +227,7 @@ class _Scanner:
             if tf_check.is_saved_model_file(rel):
                 self._saved_model(rel, full, size)
             elif data_kind is not None:
+                self._keras_metadata(rel, full, size)
                 self.sink.files.append(ScannedFile(rel, data_kind, size))
             else:
                 self.sink.skip(rel, str(exc))
@@ -245,6 +247,19 @@ class _Scanner:
             return
         self.saved_models.add(rel.rpartition("/")[0])
         self.sink.files.append(ScannedFile(rel, "tensorflow-saved-model", size))
+
+    def _keras_metadata(self, rel: str, full: Path, size: int) -> None:
+        """Keras 2 SavedModels keep their layer configs in ``keras_metadata.pb``."""
+        if rel.rsplit("/", 1)[-1] != "keras_metadata.pb":
+            return
+        at = archives.find_keras_lambda(FileBlob(full, size))
+        if at is not None:
+            self.sink.add(
+                "FILE008",
+                rel,
+                f"byte {at}",
+                "Keras metadata declares a Lambda layer (marshalled Python code)",
+            )
 
     def _loadable(self, kind: Kind, blob: Blob) -> bool:
         """Is an ONNX data file also something a loader would open as a model format?"""

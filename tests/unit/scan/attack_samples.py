@@ -573,6 +573,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("nullifai-7z-pickle", fs.make_7z_pickle, ("PKL001",), "7z"),
     Sample("savedmodel-eager-pyfunc", fs.make_savedmodel_pyfunc, ("FILE012",), "tensorflow"),
     Sample("savedmodel-readfile", fs.make_savedmodel_readfile, ("FILE012",), "tensorflow"),
+    Sample("savedmodel-keras-lambda", fs.make_savedmodel_keras_lambda, ("FILE008",), "tensorflow"),
 )
 
 
