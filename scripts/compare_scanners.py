@@ -130,7 +130,8 @@ class Peers:
 def _fickling(exe: str, path: Path) -> str:
     """fickling checks one pickle file at a time: the case is detected if any file is unsafe."""
     files = [f for f in _files(path) if f.is_file() and not f.is_symlink()]
-    codes = [_run([exe, "--check-safety", str(f)]) for f in files]
+    with tempfile.TemporaryDirectory() as scratch:  # fickling writes safety_results.json here
+        codes = [_run([exe, "--check-safety", str(f)], cwd=Path(scratch)) for f in files]
     if any(c == 1 for c in codes):
         return "detected"
     bad = [c for c in codes if c not in (0, 1)]
