@@ -26,7 +26,15 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, BinaryIO
 
-from onnxguard.scan._context import Blob, BytesBlob, LazyBlob, Sink, Unscannable, join_location
+from onnxguard.scan._context import (
+    Blob,
+    BytesBlob,
+    LazyBlob,
+    Malformed,
+    Sink,
+    Unscannable,
+    join_location,
+)
 from onnxguard.scan.keras_check import check_keras_archive, is_keras_archive
 from onnxguard.scan.pickles import scan_pickle_stream
 
@@ -132,7 +140,7 @@ class _ZipMember:
             try:
                 data = zlib.decompressobj(-15).decompress(raw, limit + 1)
             except zlib.error as exc:
-                raise Unscannable(f"{self.location}: corrupt deflate data ({exc})") from exc
+                raise Malformed(f"{self.location}: corrupt deflate data ({exc})") from exc
             if len(data) > limit:
                 raise Unscannable(f"{self.location}: inflates beyond {limit:,} bytes")
         if len(data) != size:
@@ -164,7 +172,7 @@ def scan_zip(
         try:
             archive = zipfile.ZipFile(fh)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
-            raise Unscannable(join_location(location, f"corrupt ZIP archive: {exc}")) from exc
+            raise Malformed(join_location(location, f"corrupt ZIP archive: {exc}")) from exc
         infos = archive.infolist()
         if len(infos) > config.max_archive_members:
             raise Unscannable(
@@ -293,7 +301,7 @@ def scan_tar(
                         join_location(location, f"more than {config.max_archive_members:,} members")
                     )
         except (tarfile.TarError, OSError, ValueError) as exc:
-            raise Unscannable(join_location(location, f"corrupt tar archive: {exc}")) from exc
+            raise Malformed(join_location(location, f"corrupt tar archive: {exc}")) from exc
         for name, count in Counter(m.name for m in members).items():
             if count > 1:
                 sink.add(
@@ -379,7 +387,7 @@ def scan_7z(
             raise
         except (py7zr.exceptions.ArchiveError, OSError, ValueError, EOFError, KeyError,
                 lzma.LZMAError, TypeError, AttributeError) as exc:  # fmt: skip
-            raise Unscannable(join_location(location, f"corrupt 7z archive: {exc}")) from exc
+            raise Malformed(join_location(location, f"corrupt 7z archive: {exc}")) from exc
     for info in infos:
         if info.is_directory or info.is_symlink:
             continue
@@ -431,7 +439,7 @@ def decompress(blob: Blob, kind: str, limit: int, location: str) -> bytes:
             with modules[kind].open(raw, "rb") as stream:
                 data: bytes = stream.read(limit + 1)
         except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as exc:
-            raise Unscannable(join_location(location, f"corrupt {kind} stream: {exc}")) from exc
+            raise Malformed(join_location(location, f"corrupt {kind} stream: {exc}")) from exc
     if len(data) > limit:
         raise Unscannable(
             join_location(

@@ -17,6 +17,7 @@ from onnxguard.scan._context import (
     Blob,
     BytesBlob,
     FileBlob,
+    Malformed,
     ScanConfig,
     Sink,
     Unscannable,
@@ -280,6 +281,10 @@ class _Scanner:
         self._current = rel
         try:
             label = self.dispatch(blob, rel, rel, "", 0, kind=kind)
+        except Malformed as exc:
+            self.sink.add("ARC008", rel, "", str(exc))
+            self.sink.skip(rel, str(exc))
+            return
         except Unscannable as exc:
             self.sink.skip(rel, str(exc))
             return
@@ -371,6 +376,9 @@ class _Scanner:
             if kind is Kind.ONNX and not name.lower().endswith(".onnx"):
                 return  # protobuf-looking tensor bytes
             self.dispatch(blob, name, self._current, location, depth, kind=kind, member=True)
+        except Malformed as exc:
+            self.sink.add("ARC008", self._current, location, str(exc))
+            self.sink.skip(self._current, str(exc))
         except Unscannable as exc:
             self.sink.skip(self._current, str(exc))
 

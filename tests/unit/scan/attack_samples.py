@@ -471,7 +471,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("computed-stack-global", make_computed_stack_global, ("PKL003",), "pickle"),
     Sample("CVE-2025-1889-protocol0-as-txt", make_protocol0_renamed_txt, ("PKL001",), "pickle"),
     Sample("nullifai-broken-pickle", make_nullifai_broken_pickle, ("PKL001", "PKL006"), "pytorch"),
-    Sample("nullifai-7z-checkpoint", make_nullifai_7z, (), "pytorch"),
+    Sample("nullifai-broken-7z-checkpoint", make_nullifai_7z, ("ARC008",), "pytorch"),
     Sample("pickle-posix-system-alias", make_posix_alias, ("PKL001",), "pickle"),
     Sample("pickle-nt-system-alias", make_nt_alias, ("PKL001",), "pickle"),
     Sample("pickle-second-stream-protocol0", make_second_stream_protocol0, ("PKL001",), "pickle"),
