@@ -12,8 +12,9 @@ model) count false alarms.
 
 Verdicts per cell: ``detected`` (ours: findings at or above high; peers: exit 1), ``unscanned``
 (ours: could not check it, which fails the scan with exit 2), ``error`` (a peer exited 2 or
-crashed: a CI job stops, but nothing says why), ``unsupported`` (modelscan exit 3), ``missed``
-(exit 0).  On clean controls a pass reads ``pass``.  modelaudit runs with telemetry off.
+crashed: a CI job stops, but nothing says why), ``unsupported`` (modelscan exit 3: no file it
+knows, which also stops a CI job), ``missed`` (exit 0).  On clean controls a pass reads
+``pass``.  modelaudit runs with telemetry off.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class Peers:
 def _fickling(exe: str, path: Path) -> str:
     """fickling checks one pickle file at a time: the case is detected if any file is unsafe."""
     files = [f for f in _files(path) if f.is_file() and not f.is_symlink()]
-    codes = [_run([exe, "--check-safety", str(f)]) for f in files]
+    with tempfile.TemporaryDirectory() as scratch:  # fickling writes safety_results.json here
+        codes = [_run([exe, "--check-safety", str(f)], cwd=Path(scratch)) for f in files]
     if any(c == 1 for c in codes):
         return "detected"
     bad = [c for c in codes if c not in (0, 1)]
@@ -195,7 +197,8 @@ def run_all(cases: list[Case], peers: Peers, workers: int) -> list[dict[str, obj
 
 # --- the table -----------------------------------------------------------------------------------
 def _blocked(verdict: object) -> bool:
-    return str(verdict).startswith(("detected", "unscanned", "error"))
+    """A non-zero exit: the file does not get through a CI gate, whatever the reason."""
+    return str(verdict).startswith(("detected", "unscanned", "error", "unsupported"))
 
 
 def render_markdown(rows: list[dict[str, object]]) -> str:

@@ -1,10 +1,13 @@
 """Supply-chain scanner for model checkpoints and ONNX files; fail-closed.
 
 ``scan_path`` identifies every file by content and checks it: pickles by opcode simulation
-against an allowlist (nothing is unpickled), safetensors headers byte for byte, configs for remote
-code, archives member by member, ONNX graphs for external-data escapes, custom ops, lying
-tensors, resource exhaustion and backdoor triggers.  Anything it cannot check is *unscanned*,
-which fails the scan like a finding does.
+against an allowlist (nothing is unpickled; a stream the walk cannot finish is high), safetensors
+headers byte for byte, configs for remote code, chat templates (JSON, YAML, ``.jinja``, GGUF) with
+Jinja2's own parser against an allowlist, Keras v3 configs, TensorFlow SavedModel graphs,
+archives member by member (ZIP, 7z, tar, compressed streams; links and encryption reported),
+ONNX graphs for external-data escapes, custom ops, lying tensors, resource exhaustion and
+backdoor triggers.  Anything it cannot check is *unscanned*, which fails the scan like a finding
+does.
 
     report = scan_path(Path("model_dir"))
     enforce(report, Severity.HIGH)   # raises ScanFindingsError / ScanIncompleteError

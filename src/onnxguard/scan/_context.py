@@ -80,6 +80,14 @@ class Unscannable(Exception):
     """Raised by a checker that cannot finish: the blob is reported as unscanned."""
 
 
+class Malformed(Unscannable):
+    """The blob claims a container format (by its magic) but does not parse as one.
+
+    Reported as a high finding (ARC008), not only as unscanned: more lenient readers may still
+    extract something from it, which is how broken archives smuggled pickles past scanners.
+    """
+
+
 class Blob:
     """Bytes to scan with a display name; subclasses decide where the bytes come from."""
 

@@ -318,6 +318,13 @@ _CATALOGUE = [
         "Archive holds a symbolic/hard link or device member (CVE-2007-4559)",
         "Never extract this archive; re-create it without links.",
     ),
+    Rule(
+        "ARC008",
+        "archive-malformed",
+        _H,
+        "File has an archive's magic number but does not parse as that archive",
+        "Lenient readers may still extract content the scanner never saw; re-create the file.",
+    ),
     # --- safetensors ---------------------------------------------------------------------------
     Rule(
         "SFT001",

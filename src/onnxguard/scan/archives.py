@@ -1,10 +1,13 @@
-"""Containers: ZIP (PyTorch checkpoints, npz), tar, gzip/bzip2/xz streams, numpy, HDF5.
+"""Containers: ZIP (PyTorch checkpoints, Keras v3, npz), 7z, tar, gzip/bzip2/xz, numpy, HDF5.
 
 ZIP members are read from their *local* headers, as PyTorch's reader does, and compared with the
 central directory that Python's ``zipfile`` trusts: a mismatch, a bogus encryption flag or a bad
 CRC is reported (each broke a scanner while PyTorch loaded the file: CVE-2025-1944, -1945,
--10156) and the member is scanned anyway.  Every member is identified by content and handed back
-to the dispatcher, so a pickle hidden under any name inside any nesting is found.
+-10156) and the member is scanned anyway.  A member that really is encrypted (its data does not
+read as plaintext with the recorded CRC) makes the archive unscanned, once, instead of being
+misread.  Members whose Unix mode says symbolic link are reported, like tar links.  7z archives
+are read in memory with py7zr.  Every member is identified by content and handed back to the
+dispatcher, so a pickle hidden under any name inside any nesting is found.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, BinaryIO
 
-from onnxguard.scan._context import Blob, BytesBlob, LazyBlob, Sink, Unscannable, join_location
+from onnxguard.scan._context import (
+    Blob,
+    BytesBlob,
+    LazyBlob,
+    Malformed,
+    Sink,
+    Unscannable,
+    join_location,
+)
 from onnxguard.scan.keras_check import check_keras_archive, is_keras_archive
 from onnxguard.scan.pickles import scan_pickle_stream
 
@@ -129,7 +140,7 @@ class _ZipMember:
             try:
                 data = zlib.decompressobj(-15).decompress(raw, limit + 1)
             except zlib.error as exc:
-                raise Unscannable(f"{self.location}: corrupt deflate data ({exc})") from exc
+                raise Malformed(f"{self.location}: corrupt deflate data ({exc})") from exc
             if len(data) > limit:
                 raise Unscannable(f"{self.location}: inflates beyond {limit:,} bytes")
         if len(data) != size:
@@ -161,7 +172,7 @@ def scan_zip(
         try:
             archive = zipfile.ZipFile(fh)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
-            raise Unscannable(join_location(location, f"corrupt ZIP archive: {exc}")) from exc
+            raise Malformed(join_location(location, f"corrupt ZIP archive: {exc}")) from exc
         infos = archive.infolist()
         if len(infos) > config.max_archive_members:
             raise Unscannable(
@@ -171,43 +182,7 @@ def scan_zip(
                 )
             )
         _check_zip_directory(infos, sink, file, location)
-        limit = max(config.max_pickle_bytes, config.max_nested_bytes)
-        encrypted: list[str] = []
-        members: dict[str, LazyBlob] = {}
-        for info in infos:
-            where = join_location(location, f"zip member {info.filename}")
-            if is_unsafe_member_name(info.filename):
-                sink.add(
-                    "ARC001",
-                    file,
-                    where,
-                    f"member name {info.filename!r} escapes the extraction directory",
-                )
-            if info.is_dir():
-                continue
-            try:
-                member = _ZipMember(fh, info, sink, file, where)
-            except Unscannable as exc:
-                sink.skip(file, str(exc))
-                continue
-            if member.encrypted_flag:
-                if not member.plaintext_matches(limit):
-                    encrypted.append(info.filename)
-                    continue
-                sink.add(
-                    "ARC004",
-                    file,
-                    where,
-                    "member is flagged as encrypted but holds plaintext; PyTorch ignores the "
-                    "flag while zipfile-based scanners give up",
-                )
-            mblob = LazyBlob(info.file_size, member.head, partial(member.full, limit))
-            if _is_symlink(info):
-                target = mblob.head(1024).decode("utf-8", "replace")
-                sink.add("ARC007", file, where, f"symbolic link member pointing to {target!r}")
-                continue
-            members[info.filename] = mblob
-            scan_member(mblob, info.filename, where, depth + 1, info.filename.endswith(".pkl"))
+        members, encrypted = _scan_zip_members(fh, infos, sink, file, location, depth, scan_member)
         if encrypted:
             shown = ", ".join(encrypted[:3]) + (" ..." if len(encrypted) > 3 else "")
             sink.skip(
@@ -221,6 +196,56 @@ def scan_zip(
             check_keras_archive(members, sink, file, location)
             return "keras"
     return "zip"
+
+
+def _scan_zip_members(
+    fh: BinaryIO,
+    infos: list[zipfile.ZipInfo],
+    sink: Sink,
+    file: str,
+    location: str,
+    depth: int,
+    scan_member: ScanMember,
+) -> tuple[dict[str, LazyBlob], list[str]]:
+    """Hand every readable member to ``scan_member``; returns them and the encrypted ones."""
+    limit = max(sink.config.max_pickle_bytes, sink.config.max_nested_bytes)
+    encrypted: list[str] = []
+    members: dict[str, LazyBlob] = {}
+    for info in infos:
+        where = join_location(location, f"zip member {info.filename}")
+        if is_unsafe_member_name(info.filename):
+            sink.add(
+                "ARC001",
+                file,
+                where,
+                f"member name {info.filename!r} escapes the extraction directory",
+            )
+        if info.is_dir():
+            continue
+        try:
+            member = _ZipMember(fh, info, sink, file, where)
+        except Unscannable as exc:
+            sink.skip(file, str(exc))
+            continue
+        if member.encrypted_flag:
+            if not member.plaintext_matches(limit):
+                encrypted.append(info.filename)
+                continue
+            sink.add(
+                "ARC004",
+                file,
+                where,
+                "member is flagged as encrypted but holds plaintext; PyTorch ignores the "
+                "flag while zipfile-based scanners give up",
+            )
+        mblob = LazyBlob(info.file_size, member.head, partial(member.full, limit))
+        if _is_symlink(info):
+            target = mblob.head(1024).decode("utf-8", "replace")
+            sink.add("ARC007", file, where, f"symbolic link member pointing to {target!r}")
+            continue
+        members[info.filename] = mblob
+        scan_member(mblob, info.filename, where, depth + 1, info.filename.endswith(".pkl"))
+    return members, encrypted
 
 
 def _check_zip_directory(
@@ -276,7 +301,7 @@ def scan_tar(
                         join_location(location, f"more than {config.max_archive_members:,} members")
                     )
         except (tarfile.TarError, OSError, ValueError) as exc:
-            raise Unscannable(join_location(location, f"corrupt tar archive: {exc}")) from exc
+            raise Malformed(join_location(location, f"corrupt tar archive: {exc}")) from exc
         for name, count in Counter(m.name for m in members).items():
             if count > 1:
                 sink.add(
@@ -362,7 +387,7 @@ def scan_7z(
             raise
         except (py7zr.exceptions.ArchiveError, OSError, ValueError, EOFError, KeyError,
                 lzma.LZMAError, TypeError, AttributeError) as exc:  # fmt: skip
-            raise Unscannable(join_location(location, f"corrupt 7z archive: {exc}")) from exc
+            raise Malformed(join_location(location, f"corrupt 7z archive: {exc}")) from exc
     for info in infos:
         if info.is_directory or info.is_symlink:
             continue
@@ -414,7 +439,7 @@ def decompress(blob: Blob, kind: str, limit: int, location: str) -> bytes:
             with modules[kind].open(raw, "rb") as stream:
                 data: bytes = stream.read(limit + 1)
         except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as exc:
-            raise Unscannable(join_location(location, f"corrupt {kind} stream: {exc}")) from exc
+            raise Malformed(join_location(location, f"corrupt {kind} stream: {exc}")) from exc
     if len(data) > limit:
         raise Unscannable(
             join_location(
@@ -478,6 +503,27 @@ def scan_numpy(blob: Blob, sink: Sink, file: str, location: str) -> bool:
 # --- HDF5 ----------------------------------------------------------------------------------------
 def scan_hdf5(blob: Blob, sink: Sink, file: str, location: str) -> None:
     """Keras HDF5 models store their config as JSON in an attribute: look for Lambda layers."""
+    at = find_keras_lambda(blob)
+    if at is not None:
+        sink.add(
+            "FILE008",
+            file,
+            join_location(location, f"byte {at}"),
+            "model config declares a Keras Lambda layer (marshalled Python code)",
+        )
+        return
+    sink.add(
+        "FILE007",
+        file,
+        location,
+        "HDF5 file (Keras/TensorFlow weights); no Lambda layer "
+        "found, the format is not otherwise parsed",
+    )
+
+
+def find_keras_lambda(blob: Blob) -> int | None:
+    """Byte offset of a ``"class_name": "Lambda"`` in a Keras config stored anywhere in ``blob``
+    (HDF5 attribute, ``keras_metadata.pb``), read in overlapping chunks; None when absent."""
     overlap = 64
     previous = b""
     with blob.open() as fh:
@@ -486,20 +532,7 @@ def scan_hdf5(blob: Blob, sink: Sink, file: str, location: str) -> None:
             window = previous + chunk
             match = _KERAS_LAMBDA.search(window)
             if match:
-                at = offset - len(previous) + match.start()
-                sink.add(
-                    "FILE008",
-                    file,
-                    join_location(location, f"byte {at}"),
-                    "model config declares a Keras Lambda layer (marshalled Python code)",
-                )
-                return
+                return offset - len(previous) + match.start()
             previous = window[-overlap:]
             offset += len(chunk)
-    sink.add(
-        "FILE007",
-        file,
-        location,
-        "HDF5 file (Keras/TensorFlow weights); no Lambda layer "
-        "found, the format is not otherwise parsed",
-    )
+    return None

@@ -22,9 +22,7 @@ anything else is high, because importing it already runs module code.
 from __future__ import annotations
 
 import _compat_pickle
-import io
 import math
-import pickletools
 import re
 import struct
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from onnxguard.scan._context import Sink, Unscannable, join_location
+from onnxguard.scan._pickle_io import BIG_ARGS, NONE, OPAQUE, OPS, Opaque, Reader, read_arg
 from onnxguard.scan._pickle_policy import (
     JOBLIB_ARRAY_WRAPPERS,
     is_dangerous_global,
@@ -56,12 +55,8 @@ class _Int:
     value: int
 
 
-class _Opaque:
-    """A value whose content does not matter to the policy (numbers, containers, call results)."""
-
-
 @dataclass(eq=False)
-class _Called(_Opaque):
+class _Called(Opaque):
     """The result of calling something: the global called (when known) and its arguments."""
 
     target: _Global | None = None
@@ -69,28 +64,13 @@ class _Called(_Opaque):
 
 
 @dataclass(eq=False)
-class _Dict(_Opaque):
+class _Dict(Opaque):
     """A dict whose string keys are tracked (joblib's array wrapper state is one)."""
 
     items: dict[str, Any] = field(default_factory=dict)
 
 
-_OPAQUE = _Opaque()
-_NONE = _Opaque()
-_MAX_INLINE = 1 << 20  # byte/str arguments above this are skipped, not read into memory
-_LINE_CHUNK = 1 << 16
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
-
-_OPS = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
-_BIG_ARGS = {  # argument name -> (length prefix size, struct format)
-    "bytes4": (4, "<I"),
-    "unicodestring4": (4, "<I"),
-    "string4": (4, "<i"),
-    "bytes8": (8, "<Q"),
-    "bytearray8": (8, "<Q"),
-    "unicodestring8": (8, "<Q"),
-}
-_PAIR_ARGS = ("stringnl_noescape_pair", "stringnl_noescape")
 _DTYPE = re.compile(r"[<>|=]?([a-zA-Z])(\d*)")
 _DTYPE_SIZES = {"b": 1, "?": 1, "M": 8, "m": 8}
 _SIZED_KINDS = frozenset("iufcSaVbBhHlLqQ")
@@ -108,102 +88,6 @@ class _TooLong(Exception):
     def __init__(self, pos: int) -> None:
         super().__init__(pos)
         self.pos = pos
-
-
-class _Reader:
-    """Bounded reads over a seekable stream that ends at ``end``."""
-
-    def __init__(self, fh: BinaryIO, end: int) -> None:
-        self.fh = fh
-        self.end = end
-
-    def read(self, n: int) -> bytes:
-        return self.fh.read(max(0, min(n, self.end - self.fh.tell())))
-
-    def tell(self) -> int:
-        return self.fh.tell()
-
-    def skip(self, n: int) -> None:
-        if n > self.end - self.fh.tell():
-            raise ValueError(f"{n:,} bytes to skip but only {self.end - self.fh.tell():,} remain")
-        self.fh.seek(n, 1)
-
-    def line(self) -> bytes | None:
-        """One newline-terminated line of any length, as ``pickle.load`` reads it.
-
-        Returns the line (with its newline) when it fits in memory, None when it was longer
-        than ``_MAX_INLINE`` and was skipped; ValueError when the stream ends first.
-        """
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            chunk = self.fh.readline(min(_LINE_CHUNK, max(0, self.end - self.fh.tell())))
-            if not chunk:
-                raise ValueError("stream ends inside a text argument (no newline)")
-            size += len(chunk)
-            if size <= _MAX_INLINE:
-                parts.append(chunk)
-            if chunk.endswith(b"\n"):
-                return b"".join(parts) if size <= _MAX_INLINE else None
-
-
-def _read_arg(reader: _Reader, op: pickletools.OpcodeInfo) -> Any:
-    arg = op.arg
-    if arg is None:
-        return None
-    if arg.name in _BIG_ARGS:
-        return _read_sized(reader, arg.name)
-    if arg.n == -1:  # newline-terminated text argument(s)
-        lines = [reader.line() for _ in range(2 if arg.name.endswith("pair") else 1)]
-        if any(line is None for line in lines):
-            return _OPAQUE  # longer than anything worth holding; a name this long cannot import
-        if arg.name in _PAIR_ARGS:
-            return tuple(line[:-1].decode("utf-8") for line in lines if line is not None)
-        return arg.reader(io.BytesIO(lines[0]))  # type: ignore[arg-type]
-    if arg.n > 0:  # fixed width
-        raw = reader.read(arg.n)
-        if len(raw) != arg.n:
-            raise ValueError("truncated argument")
-        return arg.reader(io.BytesIO(raw))  # type: ignore[arg-type]
-    if arg.name in ("long1", "long4"):
-        width = 1 if arg.name == "long1" else 4
-        raw = reader.read(width)
-        if len(raw) != width:
-            raise ValueError("truncated length prefix")
-        length = raw[0] if width == 1 else struct.unpack("<i", raw)[0]
-        if length < 0:
-            raise ValueError("negative length")
-        data = reader.read(length)
-        if len(data) != length:
-            raise ValueError(f"argument of {length:,} bytes runs past the end")
-        return int.from_bytes(data, "little", signed=True) if length <= 4096 else _OPAQUE
-    length_byte = reader.read(1)  # string1, bytes1, unicodestring1
-    if not length_byte:
-        raise ValueError("truncated length prefix")
-    data = reader.read(length_byte[0])
-    if len(data) != length_byte[0]:
-        raise ValueError("argument runs past the end")
-    return data.decode("utf-8", "surrogatepass") if arg.name == "unicodestring1" else data
-
-
-def _read_sized(reader: _Reader, kind: str) -> Any:
-    width, fmt = _BIG_ARGS[kind]
-    raw = reader.read(width)
-    if len(raw) != width:
-        raise ValueError("truncated length prefix")
-    (length,) = struct.unpack(fmt, raw)
-    if length < 0:
-        raise ValueError("negative length")
-    remaining = reader.end - reader.tell()
-    if length > remaining:
-        raise ValueError(f"argument of {length:,} bytes but only {remaining:,} remain")
-    if length > _MAX_INLINE:
-        reader.skip(length)
-        return _OPAQUE
-    data = reader.read(length)
-    if kind.startswith("unicode"):
-        return data.decode("utf-8", "surrogatepass")
-    return data
 
 
 def _normalize(module: str, name: str, protocol: int) -> tuple[str, str]:
@@ -259,7 +143,7 @@ class _Machine:
     calls are separate concerns, and each handler is what the unpickler does, minus the effect.
     """
 
-    def __init__(self, reader: _Reader, problems: _Problems, max_opcodes: int) -> None:
+    def __init__(self, reader: Reader, problems: _Problems, max_opcodes: int) -> None:
         self.reader = reader
         self.problems = problems
         self.max_opcodes = max_opcodes
@@ -273,7 +157,7 @@ class _Machine:
             "POP": self._pop_op,
             "POP_MARK": lambda _arg, _pos: self._pop_mark_op(),
             "DUP": self._dup,
-            "NONE": lambda _arg, _pos: self.push(_NONE),
+            "NONE": lambda _arg, _pos: self.push(NONE),
             "EMPTY_DICT": lambda _arg, _pos: self.push(_Dict()),
             "DICT": self._dict,
             "SETITEM": self._setitem,
@@ -341,7 +225,7 @@ class _Machine:
             if not code:
                 result.error = PickleError("stream ends before STOP", pos)
                 return result
-            op = _OPS.get(code)
+            op = OPS.get(code)
             if op is None:
                 result.error = PickleError(f"invalid opcode {code!r}", pos)
                 return result
@@ -349,7 +233,7 @@ class _Machine:
             if result.opcodes > self.max_opcodes:
                 raise _TooLong(pos)
             try:
-                arg = _read_arg(reader, op)
+                arg = read_arg(reader, op)
                 self._check_frame(op.name, pos)
                 if self.step(op.name, arg, pos):
                     result.end = reader.tell()
@@ -371,14 +255,14 @@ class _Machine:
             elif name == "FRAME":
                 self._frame(int(arg), pos)
         elif name in _UNICODE:
-            self.push(_Str(arg) if isinstance(arg, str) else _OPAQUE)
+            self.push(_Str(arg) if isinstance(arg, str) else OPAQUE)
         elif name in _STRINGS:  # Python 3 decodes py2 str as ASCII by default: it can name a module
             text = arg.decode("latin-1") if isinstance(arg, bytes) else arg
-            self.push(_Str(text) if isinstance(text, str) else _OPAQUE)
+            self.push(_Str(text) if isinstance(text, str) else OPAQUE)
         elif name in _INTS:
-            self.push(_Int(int(arg)) if isinstance(arg, int) else _OPAQUE)
+            self.push(_Int(int(arg)) if isinstance(arg, int) else OPAQUE)
         elif name in _LITERALS:
-            self.push(_OPAQUE)
+            self.push(OPAQUE)
         else:
             self._handlers[name](arg, pos)
         return False
@@ -461,7 +345,7 @@ class _Machine:
 
     def _collection(self, _arg: Any, _pos: int) -> None:
         self.pop_mark()
-        self.push(_OPAQUE)
+        self.push(OPAQUE)
 
     def _tuple_n(self, _arg: Any, _pos: int) -> None:
         n = int(self._name[-1])
@@ -586,7 +470,7 @@ class _Machine:
 
     def _binpersid(self, _arg: Any, _pos: int) -> None:
         self.pop()
-        self.push(_OPAQUE)
+        self.push(OPAQUE)
 
     # --- joblib ----------------------------------------------------------------------------------
     def _skip_joblib_array(self, state: _Dict, pos: int) -> None:
@@ -605,7 +489,7 @@ class _Machine:
             if inner.error is not None:
                 raise ValueError(f"object array pickle at byte {inner.start}: {inner.error}")
             return
-        if state.items.get("numpy_array_alignment_bytes", _NONE) is not _NONE:
+        if state.items.get("numpy_array_alignment_bytes", NONE) is not NONE:
             padding = self.reader.read(1)
             if len(padding) != 1:
                 raise ValueError("joblib array padding byte missing")
@@ -640,7 +524,7 @@ def parse_pickle(
     fh: BinaryIO, end: int, problems: _Problems, max_opcodes: int = 50_000_000
 ) -> PickleResult:
     """Simulate one pickle from the current position; errors end up in ``result.error``."""
-    return _Machine(_Reader(fh, end), problems, max_opcodes).run()
+    return _Machine(Reader(fh, end), problems, max_opcodes).run()
 
 
 def probe_pickle(fh: BinaryIO, end: int) -> bool:
@@ -671,10 +555,10 @@ def looks_truncated(head: bytes, size: int) -> bool:
     """
     if len(head) < 5:
         return False
-    op = _OPS.get(head[:1])
-    if op is None or op.arg is None or op.arg.name not in _BIG_ARGS:
+    op = OPS.get(head[:1])
+    if op is None or op.arg is None or op.arg.name not in BIG_ARGS:
         return False
-    width, fmt = _BIG_ARGS[op.arg.name]
+    width, fmt = BIG_ARGS[op.arg.name]
     raw = head[1 : 1 + width]
     if len(raw) != width or all(0x20 <= b < 0x7F for b in raw):
         return False

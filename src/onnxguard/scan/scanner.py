@@ -17,6 +17,7 @@ from onnxguard.scan._context import (
     Blob,
     BytesBlob,
     FileBlob,
+    Malformed,
     ScanConfig,
     Sink,
     Unscannable,
@@ -193,6 +194,7 @@ class _Scanner:
             elif kind is Kind.ONNX:
                 continue  # checked (or reported unscannable) with the models above
             elif data_kind is not None and not self._loadable(kind, blob):
+                self._keras_metadata(rel, full, st.st_size)
                 self.sink.files.append(ScannedFile(rel, data_kind, st.st_size))
             else:
                 self.scan_file(rel, blob, kind)
@@ -226,6 +228,7 @@ class _Scanner:
             if tf_check.is_saved_model_file(rel):
                 self._saved_model(rel, full, size)
             elif data_kind is not None:
+                self._keras_metadata(rel, full, size)
                 self.sink.files.append(ScannedFile(rel, data_kind, size))
             else:
                 self.sink.skip(rel, str(exc))
@@ -246,6 +249,19 @@ class _Scanner:
         self.saved_models.add(rel.rpartition("/")[0])
         self.sink.files.append(ScannedFile(rel, "tensorflow-saved-model", size))
 
+    def _keras_metadata(self, rel: str, full: Path, size: int) -> None:
+        """Keras 2 SavedModels keep their layer configs in ``keras_metadata.pb``."""
+        if rel.rsplit("/", 1)[-1] != "keras_metadata.pb":
+            return
+        at = archives.find_keras_lambda(FileBlob(full, size))
+        if at is not None:
+            self.sink.add(
+                "FILE008",
+                rel,
+                f"byte {at}",
+                "Keras metadata declares a Lambda layer (marshalled Python code)",
+            )
+
     def _loadable(self, kind: Kind, blob: Blob) -> bool:
         """Is an ONNX data file also something a loader would open as a model format?"""
         if kind in (Kind.UNKNOWN, Kind.TEXT, Kind.EMPTY, Kind.ONNX):
@@ -265,6 +281,10 @@ class _Scanner:
         self._current = rel
         try:
             label = self.dispatch(blob, rel, rel, "", 0, kind=kind)
+        except Malformed as exc:
+            self.sink.add("ARC008", rel, "", str(exc))
+            self.sink.skip(rel, str(exc))
+            return
         except Unscannable as exc:
             self.sink.skip(rel, str(exc))
             return
@@ -356,6 +376,9 @@ class _Scanner:
             if kind is Kind.ONNX and not name.lower().endswith(".onnx"):
                 return  # protobuf-looking tensor bytes
             self.dispatch(blob, name, self._current, location, depth, kind=kind, member=True)
+        except Malformed as exc:
+            self.sink.add("ARC008", self._current, location, str(exc))
+            self.sink.skip(self._current, str(exc))
         except Unscannable as exc:
             self.sink.skip(self._current, str(exc))
 

@@ -84,7 +84,7 @@ _METHODS = frozenset(
         """
     strip lstrip rstrip split rsplit splitlines startswith endswith lower upper title
     capitalize replace items keys values get count find rfind index join isdigit isalpha
-    isspace isalnum format append
+    isspace isalnum format append cycle changed
     """
     )
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import struct
 import tarfile
 import zipfile
@@ -240,8 +239,21 @@ def make_ordereddict_wrapped_payload(d: Path) -> Path:
     return _write(d, "pytorch_model.bin", b"\x80\x02" + body + b".")
 
 
+def _noise(n: int) -> bytes:
+    """Deterministic high-entropy bytes (os.urandom made these samples flaky: one time in 256,
+    a '{' at byte 8 turned 'unknown binary' into a safetensors header)."""
+    import hashlib
+
+    out = b""
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(counter.to_bytes(4, "little")).digest()
+        counter += 1
+    return out[:n].replace(b"{", b"\xff")
+
+
 def make_nullifai_7z(d: Path) -> Path:
-    return _write(d, "pytorch_model.bin", b"7z\xbc\xaf\x27\x1c\x00\x04" + os.urandom(256))
+    return _write(d, "pytorch_model.bin", b"7z\xbc\xaf\x27\x1c\x00\x04" + _noise(256))
 
 
 def _patch_zip(data: bytes, member: str, patch: Callable[[bytearray, int, int], None]) -> bytes:
@@ -410,7 +422,7 @@ def make_symlink_escape(d: Path) -> Path:
 
 
 def make_unknown_binary(d: Path) -> Path:
-    return _write(d, "weights.dat", b"\x01\x02\x03\x04" + os.urandom(512))
+    return _write(d, "weights.dat", b"\x01\x02\x03\x04" + _noise(512))
 
 
 def make_elf_library(d: Path) -> Path:
@@ -459,7 +471,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("computed-stack-global", make_computed_stack_global, ("PKL003",), "pickle"),
     Sample("CVE-2025-1889-protocol0-as-txt", make_protocol0_renamed_txt, ("PKL001",), "pickle"),
     Sample("nullifai-broken-pickle", make_nullifai_broken_pickle, ("PKL001", "PKL006"), "pytorch"),
-    Sample("nullifai-7z-checkpoint", make_nullifai_7z, (), "pytorch"),
+    Sample("nullifai-broken-7z-checkpoint", make_nullifai_7z, ("ARC008",), "pytorch"),
     Sample("pickle-posix-system-alias", make_posix_alias, ("PKL001",), "pickle"),
     Sample("pickle-nt-system-alias", make_nt_alias, ("PKL001",), "pickle"),
     Sample("pickle-second-stream-protocol0", make_second_stream_protocol0, ("PKL001",), "pickle"),
@@ -573,6 +585,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("nullifai-7z-pickle", fs.make_7z_pickle, ("PKL001",), "7z"),
     Sample("savedmodel-eager-pyfunc", fs.make_savedmodel_pyfunc, ("FILE012",), "tensorflow"),
     Sample("savedmodel-readfile", fs.make_savedmodel_readfile, ("FILE012",), "tensorflow"),
+    Sample("savedmodel-keras-lambda", fs.make_savedmodel_keras_lambda, ("FILE008",), "tensorflow"),
 )
 
 

@@ -305,6 +305,15 @@ def make_savedmodel_readfile(d: Path) -> Path:
     return _saved_model(d, ops, [])
 
 
+def make_savedmodel_keras_lambda(d: Path) -> Path:  # Keras 2 SavedModel, CVE-2024-3660
+    _saved_model(d, [("x", "Placeholder"), ("y", "StatefulPartitionedCall")], [])
+    layer = {"class_name": "Lambda", "config": {"name": "l", "function": ["4wEAAAAA", None]}}
+    metadata = _field(1, _field(2, json.dumps({"class_name": "Functional", "layers": [layer]})
+                                .encode()))  # fmt: skip
+    _write(d, "keras_metadata.pb", metadata)
+    return d
+
+
 def make_clean_savedmodel(d: Path) -> Path:
     ops = [("x", "Placeholder"), ("w", "VarHandleOp"), ("y", "MatMul"), ("save", "SaveV2")]
     return _saved_model(d, ops, [("add", "AddV2")])

@@ -41,12 +41,28 @@ def test_pickle_hidden_in_a_zip_member_not_named_pkl(tmp_path: Path) -> None:
     assert hit.location.startswith("zip member archive/extra/blob.bin")
 
 
-def test_nullifai_7z_compressed_checkpoint_is_unscanned_not_passed(tmp_path: Path) -> None:
+def test_nullifai_broken_7z_checkpoint_is_malformed_and_unscanned(tmp_path: Path) -> None:
     report = _scan(samples.make_nullifai_7z, tmp_path)
-    assert report.findings == ()
+    hit = finding(report, "ARC008")  # 7z magic, but not a 7z archive py7zr can read
+    assert hit.severity is Severity.HIGH and "corrupt 7z" in hit.message
     assert [u.file for u in report.unscanned] == ["pytorch_model.bin"]
     assert "7z" in report.unscanned[0].reason
     assert report.failed("critical")  # unscanned fails whatever the threshold
+
+
+def test_corrupt_zip_gzip_and_tar_are_malformed(tmp_path: Path) -> None:
+    import gzip
+
+    d = tmp_path / "m"
+    d.mkdir()
+    zipped = samples._torch_zip(samples._checkpoint_entries(samples._state_dict_pickle()))
+    (d / "pytorch_model.bin").write_bytes(zipped[: len(zipped) // 2])  # central directory gone
+    (d / "model.joblib").write_bytes(gzip.compress(b"x" * 1000)[:-12])
+    report = scan_path(d)
+    assert {f.file for f in report.findings if f.rule_id == "ARC008"} == {
+        "pytorch_model.bin",
+        "model.joblib",
+    }
 
 
 def test_cve_2019_6446_numpy_object_array_pickle(tmp_path: Path) -> None:

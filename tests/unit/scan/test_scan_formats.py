@@ -94,6 +94,12 @@ def test_saved_model_readfile(tmp_path: Path) -> None:
     assert "ReadFile" in finding(scan_path(tmp_path / "m"), "FILE012").message
 
 
+def test_saved_model_keras_metadata_lambda(tmp_path: Path) -> None:  # CVE-2024-3660, Keras 2
+    fs.make_savedmodel_keras_lambda(tmp_path / "m")
+    hit = finding(scan_path(tmp_path / "m"), "FILE008")
+    assert hit.file == "keras_metadata.pb" and hit.severity is Severity.CRITICAL
+
+
 def test_clean_saved_model_is_named_not_called_broken_onnx(tmp_path: Path) -> None:
     fs.make_clean_savedmodel(tmp_path / "m")
     report = scan_path(tmp_path / "m")

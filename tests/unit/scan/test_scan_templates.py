@@ -123,3 +123,14 @@ def test_yaml_alias_bomb_is_walked_once(tmp_path: Path) -> None:
     (d / "config.yaml").write_text("\n".join(lines) + "\n")
     report = scan_path(d)  # 10**9 paths through the aliases; each list is visited once
     assert "TPL001" in rules_of(report)
+
+
+def test_loop_helpers_and_filter_chains_pass() -> None:
+    template = (
+        "{% for m in messages %}{{ loop.cycle('odd', 'even') }}{{ loop.changed(m.role) }}"
+        "{{ m.content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join }}"
+        "{% if m.content is iterable and m.content is not string %}{{ m.content | length }}"
+        "{% endif %}{{ (m.tool_calls or []) | map(attribute='function') | list | tojson }}"
+        "{% endfor %}"
+    )
+    assert _check(template).findings == []
