@@ -182,6 +182,12 @@ def _print_table(rounds: dict[str, list[float]], predictions: dict[str, Any], la
         print(f"{name:<50} {statistics.median(throughput):8.1f} {ratio:9.2f}× "
               f"{correct.mean():9.2%} {points:+8.2f} {agree:7.2%} {size}   "
               f"(drop 95% CI {lo:+.2f}..{hi:+.2f})")
+    ours = next(name for name in rounds if name.startswith("onnxguard"))
+    theirs = next(name for name in rounds if name.startswith("Optimum"))
+    per_round = [a / b for a, b in zip(rounds[ours], rounds[theirs], strict=True)]
+    print(f"\nonnxguard bundle vs Optimum, paired per round: median "
+          f"{statistics.median(per_round):.2f}× (rounds: "
+          f"{', '.join(f'{r:.2f}' for r in per_round)})")
 
 
 if __name__ == "__main__":
