@@ -148,20 +148,26 @@ def _measure(args: argparse.Namespace, optimum_model: Path, bundle: Path) -> Non
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     predictions = {name: np.concatenate([run(f) for f in eval_feeds]).argmax(-1)
                    for name, run in engines.items()}
-    rounds: dict[str, list[float]] = {name: [] for name in engines}
-    for run in engines.values():
-        run(speed_feeds[0])
-    for _ in range(args.rounds):
-        for name, run in engines.items():
-            start = time.perf_counter()
-            for feed in speed_feeds:
-                run(feed)
-            rounds[name].append(len(speed_feeds) * BATCH / (time.perf_counter() - start))
+    rounds = _interleaved(engines, speed_feeds, args.rounds)
     print(f"load average after:  {Path('/proc/loadavg').read_text().strip()}")
     files = {name: optimum_model if name.startswith("Optimum") else
              bundle / manifest.model_file if name.startswith("onnxguard") else None
              for name in engines}
     _print_table(rounds, predictions, labels, files, paired_drop_points)
+
+
+def _interleaved(engines: dict[str, Any], feeds: list[Any], count: int) -> dict[str, list[float]]:
+    """Sequences/s per engine per round; engines take turns within each round."""
+    rounds: dict[str, list[float]] = {name: [] for name in engines}
+    for run in engines.values():
+        run(feeds[0])
+    for _ in range(count):
+        for name, run in engines.items():
+            start = time.perf_counter()
+            for feed in feeds:
+                run(feed)
+            rounds[name].append(len(feeds) * BATCH / (time.perf_counter() - start))
+    return rounds
 
 
 def _print_table(rounds: dict[str, list[float]], predictions: dict[str, Any], labels: Any,
