@@ -148,20 +148,26 @@ def _measure(args: argparse.Namespace, optimum_model: Path, bundle: Path) -> Non
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     predictions = {name: np.concatenate([run(f) for f in eval_feeds]).argmax(-1)
                    for name, run in engines.items()}
-    rounds: dict[str, list[float]] = {name: [] for name in engines}
-    for run in engines.values():
-        run(speed_feeds[0])
-    for _ in range(args.rounds):
-        for name, run in engines.items():
-            start = time.perf_counter()
-            for feed in speed_feeds:
-                run(feed)
-            rounds[name].append(len(speed_feeds) * BATCH / (time.perf_counter() - start))
+    rounds = _interleaved(engines, speed_feeds, args.rounds)
     print(f"load average after:  {Path('/proc/loadavg').read_text().strip()}")
     files = {name: optimum_model if name.startswith("Optimum") else
              bundle / manifest.model_file if name.startswith("onnxguard") else None
              for name in engines}
     _print_table(rounds, predictions, labels, files, paired_drop_points)
+
+
+def _interleaved(engines: dict[str, Any], feeds: list[Any], count: int) -> dict[str, list[float]]:
+    """Sequences/s per engine per round; engines take turns within each round."""
+    rounds: dict[str, list[float]] = {name: [] for name in engines}
+    for run in engines.values():
+        run(feeds[0])
+    for _ in range(count):
+        for name, run in engines.items():
+            start = time.perf_counter()
+            for feed in feeds:
+                run(feed)
+            rounds[name].append(len(feeds) * BATCH / (time.perf_counter() - start))
+    return rounds
 
 
 def _print_table(rounds: dict[str, list[float]], predictions: dict[str, Any], labels: Any,
@@ -182,6 +188,12 @@ def _print_table(rounds: dict[str, list[float]], predictions: dict[str, Any], la
         print(f"{name:<50} {statistics.median(throughput):8.1f} {ratio:9.2f}× "
               f"{correct.mean():9.2%} {points:+8.2f} {agree:7.2%} {size}   "
               f"(drop 95% CI {lo:+.2f}..{hi:+.2f})")
+    ours = next(name for name in rounds if name.startswith("onnxguard"))
+    theirs = next(name for name in rounds if name.startswith("Optimum"))
+    per_round = [a / b for a, b in zip(rounds[ours], rounds[theirs], strict=True)]
+    print(f"\nonnxguard bundle vs Optimum, paired per round: median "
+          f"{statistics.median(per_round):.2f}× (rounds: "
+          f"{', '.join(f'{r:.2f}' for r in per_round)})")
 
 
 if __name__ == "__main__":

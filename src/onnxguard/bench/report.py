@@ -480,7 +480,7 @@ def targets_summary_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[li
 
 def summary_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "engine", "batch 8 × 128: seq/s", "× PyTorch", "real text batch 8: seq/s",
-              "× seed pipeline", "accuracy", "agreement / cosine"]
+              "× PyTorch at 8 × 128", "accuracy", "agreement / cosine"]
     rows = []
     for data in runs:
         padded = next((w for w in data["workloads"] if w["seq"] == 128 and w["batch"] == 8),

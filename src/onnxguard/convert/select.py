@@ -74,7 +74,8 @@ def choose(
         record["decision"] = "fp32 (quantization disabled)"
         return Decision(fp32, "fp32", record)
     record["rule"] = ("candidates ranked by the cost model (requested mode first, then "
-                      "estimated cost per token, then name) and validated in that order; the "
+                      "estimated cost per token, then the fixed candidate order) and validated "
+                      "in that order; the "
                       "first within the budget on the selection split is confirmed on the "
                       "report split and must be measurably faster than fp32")
     fp32_cost = graph_cost(fp32)
@@ -114,8 +115,9 @@ def _ranked(
     graphs: Iterator[QuantizedGraph], mode: QuantizeMode
 ) -> list[tuple[QuantizedGraph, GraphCost]]:
     costed = [(g, graph_cost(g.path)) for g in graphs]
-    return sorted(costed, key=lambda gc: (gc[0].candidate.kind is not mode, gc[1].total,
-                                          gc[0].candidate.name))
+    # sorted() is stable: equal costs keep the candidates' own order (per-channel before
+    # per-tensor, int8 embeddings before fp32 ones), which is fixed, so the choice is too
+    return sorted(costed, key=lambda gc: (gc[0].candidate.kind is not mode, round(gc[1].total)))
 
 
 def _sensitivity_candidates(

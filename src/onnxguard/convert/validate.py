@@ -26,7 +26,6 @@ from onnxguard.errors import UsageError
 from onnxguard.tasks import Task
 
 BATCH = 8
-SMALL_MODEL_PARAMETERS = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -230,10 +229,11 @@ def compute_reference(
     pad_id = pad_id_of(tokenizer)
     inputs, outputs = [], []
     threads = torch.get_num_threads()
-    # A small model's matmuls are too short to split: with several threads each call waits on
-    # a thread barrier, which on a busy machine made a tiny model's reference 50x slower.
-    small = sum(p.numel() for p in wrapper.parameters()) < SMALL_MODEL_PARAMETERS
-    torch.set_num_threads(1 if small else threads)
+    # One thread: every batch-8 matmul otherwise ends at an OpenMP barrier, and on a shared
+    # machine a preempted thread stalls it (a tiny model's reference took 97 s instead of 2 s,
+    # MiniLM's 167 s at load 5).  It also makes the reference's float rounding independent of
+    # the core count, so the gate sees the same numbers on every machine.
+    torch.set_num_threads(1)
     try:
         with torch.inference_mode():
             for case in cases:
