@@ -69,7 +69,7 @@ def tiny_bundle_factory(
             config = BuildConfig(out=out, source=str(model_dir), task=task,
                                  quantize=QuantizeMode(quantize),
                                  tolerance=Tolerance(min_agreement=0.0, min_cosine=0.0,
-                                                     min_speedup=0.0))
+                                                     min_recall=0.0, min_speedup=0.0))
             build_bundle(config)
             cache[key] = out
         return cache[key]
