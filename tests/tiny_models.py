@@ -232,3 +232,15 @@ def make_tiny_model(
             )
         )
     return directory
+
+
+def tampered_copy(bundle: Path, dest: Path) -> Path:
+    """A copy of ``bundle`` with one byte of its model flipped (for verification tests)."""
+    import shutil
+
+    shutil.copytree(bundle, dest)
+    model = dest / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    return dest

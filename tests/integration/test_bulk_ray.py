@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from onnxguard.bulk import BulkConfig, run_bulk
+from tiny_models import tampered_copy
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +63,8 @@ def test_bulk_over_two_nodes_equals_in_process(
 def test_tampered_bundle_fails_on_the_actors(
     ray_cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
-    import shutil
-
-    bundle = tmp_path / "b"
-    shutil.copytree(tiny_bundle_factory("bert", "text-classification", "none"), bundle)
-    data = bytearray((bundle / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (bundle / "model.onnx").write_bytes(bytes(data))
+    bundle = tampered_copy(tiny_bundle_factory("bert", "text-classification", "none"),
+                           tmp_path / "b")
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"text": "x"}) + "\n")
     with pytest.raises(Exception, match=r"sha256|hash"):

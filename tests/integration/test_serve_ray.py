@@ -9,7 +9,6 @@ fails the deployment with a clear error.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from onnxguard.serve.audit import verify_chain
 from onnxguard.serve.auth import generate_secret, key_line
 from onnxguard.serve.ray_serve import RayOptions, RayService, merge_metrics
 from onnxguard.serve.settings import AuditSettings, BatchSettings, RateLimit, ServeConfig
+from tiny_models import tampered_copy
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +44,8 @@ def test_tampered_bundle_fails_the_deployment(
     ray_cluster: Any, tiny_bundle_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     """First in the file: before the module's deployment owns Ray Serve's proxy."""
-    bundle = tmp_path / "b"
-    shutil.copytree(tiny_bundle_factory("bert", "text-classification", "none"), bundle)
-    data = bytearray((bundle / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (bundle / "model.onnx").write_bytes(bytes(data))
+    bundle = tampered_copy(tiny_bundle_factory("bert", "text-classification", "none"),
+                           tmp_path / "b")
     config = ServeConfig(bundle=bundle, port=_free_port(), allow_unauthenticated=True)
     service = RayService(config, RayOptions(replicas=1, app_name="tampered"))
     with pytest.raises(ServeError) as info:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxguard.convert.gate import row_cosine
+
 
 @dataclass(frozen=True)
 class LatencySummary:
@@ -103,15 +105,6 @@ def f1_score(truth: np.ndarray, predicted: np.ndarray, classes: int) -> float:
         return f1_of(1)
     present = sorted(set(truth.tolist()) | set(predicted.tolist()))
     return float(np.mean([f1_of(c) for c in present])) if present else 0.0
-
-
-def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a2 = a.reshape(a.shape[0], -1).astype(np.float64)
-    b2 = b.reshape(b.shape[0], -1).astype(np.float64)
-    num = (a2 * b2).sum(axis=1)
-    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-    result: np.ndarray = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
-    return result
 
 
 def _r(x: float) -> float:
