@@ -139,6 +139,8 @@ def tiny_config(model_type: str, vocab_size: int, task: str) -> Any:
         "text-classification": ["NEG", "POS"],
         "token-classification": ["O", "B-X", "I-X"],
     }.get(task)
+    if task == "reranking":
+        common |= {"num_labels": 1}  # a CrossEncoder's single relevance logit
     if labels:
         common |= {
             "id2label": dict(enumerate(labels)),
@@ -189,12 +191,17 @@ def make_tiny_model(
         "text-classification": transformers.AutoModelForSequenceClassification,
         "token-classification": transformers.AutoModelForTokenClassification,
         "feature-extraction": transformers.AutoModel,
+        "reranking": transformers.AutoModelForSequenceClassification,
     }[task]
     torch.manual_seed(seed)
     model = auto.from_config(config)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     (directory / "tokenizer.json").write_text(tokenizer_json)
+    if task == "reranking":  # what sentence-transformers' CrossEncoder.save writes
+        saved = json.loads((directory / "config.json").read_text())
+        saved["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
+        (directory / "config.json").write_text(json.dumps(saved))
     if sentence_transformers:
         (directory / "modules.json").write_text(
             json.dumps(

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from tokenizers import Encoding
 
 from onnxguard._tokenize import load_tokenizer, pad_batch, pad_id_of
-from onnxguard.errors import EmptyTextError, EngineError, UsageError
+from onnxguard.errors import EmptyTextError, EngineError, TaskMismatchError, UsageError
 from onnxguard.integrity.loader import LoadedBundle, open_bundle
 from onnxguard.tasks import Task
 
@@ -189,6 +189,8 @@ class Engine:
         """Rows of a classification or embedding output → JSON-friendly results."""
         if self.task is Task.FEATURE_EXTRACTION:
             return [{"embedding": row.astype(float).tolist()} for row in outputs]
+        if self.task is Task.RERANKING:
+            return [{"score": float(s)} for s in relevance(outputs)]
         probs = softmax(outputs)
         results = []
         for row in probs:
@@ -211,6 +213,36 @@ class Engine:
             tokens.append({"token": token, "start": start, "end": end,
                            "label": self.label_of(best), "score": float(probs[i, best])})
         return {"tokens": tokens}
+
+    def encode_pairs(self, query: str, texts: Sequence[str]) -> list[Encoding]:
+        """(query, text) pairs tokenized together, the longer side cut first at max length."""
+        return list(self.tokenizer.encode_batch([(query, t) for t in texts]))
+
+    def rerank(
+        self, query: str, texts: Sequence[str], *, raw_scores: bool = False,
+        batch_size: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Texts by relevance to ``query``, best first: ``{"index", "score"}`` (+``truncated``).
+
+        The score is the sigmoid of a single logit, or the softmax probability of the last
+        (positive) label; ``raw_scores`` gives the logit (the last label's) instead.
+        """
+        if self.task is not Task.RERANKING:
+            raise TaskMismatchError(
+                f"this model is {self.task.value}, not a reranker",
+                hint="build a cross-encoder with --task reranking", task=self.task.value,
+            )
+        check_texts([query, *texts])
+        encodings = self.encode_pairs(query, texts)
+        logits = self.rerank_encoded(encodings, batch_size)
+        return rank_results(logits, [bool(e.overflowing) for e in encodings], raw_scores)
+
+    def rerank_encoded(
+        self, encodings: Sequence[Encoding], batch_size: int | None = None
+    ) -> np.ndarray:
+        """Logits (n, labels) of tokenized pairs, in input order."""
+        raw = self._run_encoded(encodings, batch_size)
+        return np.stack(raw).reshape(len(raw), -1) if raw else np.zeros((0, 1))
 
     def label_of(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else f"LABEL_{index}"
@@ -256,6 +288,34 @@ def check_texts(texts: Sequence[str]) -> None:
                 hint="every text needs at least one non-space character",
                 index=number - 1,
             )
+
+
+def relevance(logits: np.ndarray, raw_scores: bool = False) -> np.ndarray:
+    """Per-pair relevance: sigmoid of one logit, else softmax of the last label (or raw logit)."""
+    logits = logits.reshape(logits.shape[0], -1).astype(np.float64)
+    if raw_scores:
+        last: np.ndarray = logits[:, -1]
+        return last
+    if logits.shape[1] == 1:
+        sig: np.ndarray = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return sig
+    probs: np.ndarray = softmax(logits)[:, -1]
+    return probs
+
+
+def rank_results(
+    logits: np.ndarray, truncated: Sequence[bool], raw_scores: bool = False
+) -> list[dict[str, Any]]:
+    """``{"index", "score"}`` best first (ties keep input order); ``truncated`` when cut."""
+    scores = relevance(logits, raw_scores)
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    results: list[dict[str, Any]] = []
+    for i in order:
+        item: dict[str, Any] = {"index": i, "score": float(scores[i])}
+        if truncated[i]:
+            item["truncated"] = True
+        results.append(item)
+    return results
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

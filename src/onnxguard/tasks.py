@@ -21,6 +21,8 @@ class Task(StrEnum):
     TEXT_CLASSIFICATION = "text-classification"
     FEATURE_EXTRACTION = "feature-extraction"
     TOKEN_CLASSIFICATION = "token-classification"  # noqa: S105 (not a password)
+    RERANKING = "reranking"
+    """A cross-encoder: a sequence-classification head fed (query, document) pairs."""
 
     @property
     def output_name(self) -> str:
@@ -107,7 +109,11 @@ def detect_task(model_dir: Path, config: dict[str, Any]) -> Task:
     """Task from sentence-transformers files, then the config's ``architectures``.
 
     Unlike optimum, this works for local and offline models: it needs no Hub metadata.
+    Reranking is detected only from sentence-transformers' CrossEncoder marks (see
+    ``is_cross_encoder``): a plain 1-label classifier may be a regressor, not a reranker.
     """
+    if is_cross_encoder(model_dir, config):
+        return Task.RERANKING
     if _sentence_transformers_modules(model_dir):
         return Task.FEATURE_EXTRACTION
     for arch in config.get("architectures") or ():
@@ -121,7 +127,30 @@ def detect_task(model_dir: Path, config: dict[str, Any]) -> Task:
 _HEADS = {
     Task.TEXT_CLASSIFICATION: "ForSequenceClassification",
     Task.TOKEN_CLASSIFICATION: "ForTokenClassification",
+    Task.RERANKING: "ForSequenceClassification",
 }
+
+
+def is_cross_encoder(model_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether sentence-transformers saved this model as a CrossEncoder.
+
+    The rule is conservative: a *ForSequenceClassification head and one of the marks a
+    CrossEncoder save writes (``sentence_transformers`` or ``sbert_ce_default_activation_function``
+    in config.json, or ``config_sentence_transformers.json`` with ``model_type: CrossEncoder``).
+    Any other classifier stays text-classification unless ``--task reranking`` is passed.
+    """
+    architectures = [str(a) for a in config.get("architectures") or ()]
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return False
+    if "sbert_ce_default_activation_function" in config:
+        return True
+    if isinstance(config.get("sentence_transformers"), dict):
+        return True
+    st_config = model_dir / "config_sentence_transformers.json"
+    if st_config.is_file():
+        data = _read_json(st_config)
+        return isinstance(data, dict) and data.get("model_type") == "CrossEncoder"
+    return False
 
 
 def resolve_task(model_dir: Path, config: dict[str, Any], requested: str | None) -> Task:

@@ -30,6 +30,7 @@ def load_baseline(spec: dict[str, Any]) -> tuple[Any, str]:
         Task.TEXT_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
         Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
         Task.FEATURE_EXTRACTION: transformers.AutoModel,
+        Task.RERANKING: transformers.AutoModelForSequenceClassification,
     }
     if not any(model_dir.glob("*.safetensors")):
         raise UnsafeFormatError(

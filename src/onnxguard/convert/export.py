@@ -59,6 +59,7 @@ def load_torch_model(model_dir: Path, task: Task, *, allow_pickle: bool = False)
         Task.TEXT_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
         Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
         Task.FEATURE_EXTRACTION: transformers.AutoModel,
+        Task.RERANKING: transformers.AutoModelForSequenceClassification,
     }
     has_safetensors = any(model_dir.glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:

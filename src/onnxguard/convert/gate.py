@@ -10,6 +10,9 @@ each figure with a 95% interval:
   candidate, the drop in points with a paired-difference interval; the budget is the drop;
 * unlabelled classification: top-1 agreement with PyTorch and its Wilson lower bound; the
   budget is on the lower bound ("with 95% confidence at least X% of texts like these agree");
+* reranking (cross-encoders, often a single logit where top-1 means nothing): pairwise order
+  agreement of the relevance scores within each batch of eight (query, document) pairs, and its
+  Wilson lower bound, against the same ``min_agreement`` budget;
 * embeddings: cosine to PyTorch *and* recall@10 of PyTorch's ten nearest neighbours among the
   split's texts, because cosine ≥ 0.99 still lets a retrieval user lose rankings.
 """
@@ -144,6 +147,39 @@ def measure(
     return SplitMetrics(split, texts, agreement=agreement, agreement_lower95=lower,
                         accuracy_reference=float(ref_ok.mean()), accuracy=float(out_ok.mean()),
                         accuracy_drop_points=drop, accuracy_drop_ci95=ci)
+
+
+def relevance_scores(logits: np.ndarray) -> np.ndarray:
+    """A reranker's scores, monotone in what the runtime returns: the single logit (sigmoid is
+    monotone), or the softmax probability of the last (positive) label."""
+    logits = logits.reshape(logits.shape[0], -1).astype(np.float64)
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    scores: np.ndarray = z[:, -1] / z.sum(axis=1)
+    return scores
+
+
+def measure_ranking(
+    split: Split, references: list[np.ndarray], actuals: list[np.ndarray]
+) -> SplitMetrics:
+    """Pairwise order agreement of relevance scores within each group (one batch of pairs).
+
+    Pairs that PyTorch scores equally carry no order and are skipped.  The comparisons within a
+    group are not independent, so the Wilson bound is optimistic; it is still the budget's scale.
+    """
+    same = total = texts = 0
+    for ref, out in zip(references, actuals, strict=True):
+        r, a = relevance_scores(ref), relevance_scores(out)
+        texts += r.size
+        dr = np.sign(r[:, None] - r[None, :])
+        da = np.sign(a[:, None] - a[None, :])
+        upper = np.triu(np.ones_like(dr, dtype=bool), k=1) & (dr != 0)
+        same += int((dr[upper] == da[upper]).sum())
+        total += int(upper.sum())
+    agreement = same / total if total else 1.0
+    lower = wilson_lower(same, total) if total else 1.0
+    return SplitMetrics(split, texts, agreement=agreement, agreement_lower95=lower)
 
 
 def wilson_lower(successes: int, n: int, z: float = Z95) -> float:

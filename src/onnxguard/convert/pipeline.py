@@ -263,7 +263,8 @@ def _quantize_stage(
     decision = choose(
         graphs.optimized.path, work, model.task, graphs.reference, config.tolerance,
         config.quantize, validate,
-        _calibration_feeds(model.tokenizer, model.input_names, calibration),
+        _calibration_feeds(model.tokenizer, model.input_names, calibration,
+                           pairs=model.task is Task.RERANKING),
     )
     profile = session_profile(decision.path, speed_feeds(graphs.reference))
     decision.record["shipped_graph"] = profile
@@ -360,7 +361,7 @@ def _reference(model: _Model, data: ValidationData, allow_pickle: bool) -> Refer
 
     fresh = load_torch_model(model.source.path, model.task, allow_pickle=allow_pickle)
     wrapper = _TaskWrapper(fresh, model.task, model.pooling, model.input_names).eval()
-    cases = make_cases(data, model.max_length)
+    cases = make_cases(data, model.max_length, pairs=model.task is Task.RERANKING)
     return compute_reference(wrapper, model.tokenizer, model.input_names, cases, data.labels)
 
 
@@ -380,13 +381,19 @@ def _validate(
     return result
 
 
-def _calibration_feeds(tokenizer: Any, input_names: list[str], texts: list[str]) -> list[Any]:
+def _calibration_feeds(
+    tokenizer: Any, input_names: list[str], texts: list[str], pairs: bool = False
+) -> list[Any]:
+    """Batches of 8 calibration texts; a reranker sees each text paired with the next."""
     from onnxguard._tokenize import pad_batch, pad_id_of
 
     pad = pad_id_of(tokenizer)
+    items: list[Any] = list(texts)
+    if pairs and texts:
+        items = [(t, texts[(i + 1) % len(texts)]) for i, t in enumerate(texts)]
     return [
-        pad_batch(tokenizer.encode_batch(texts[i:i + 8]), input_names, pad)
-        for i in range(0, len(texts), 8)
+        pad_batch(tokenizer.encode_batch(items[i:i + 8]), input_names, pad)
+        for i in range(0, len(items), 8)
     ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,15 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from onnxguard._tokenize import pad_batch, pad_id_of
-from onnxguard.convert.gate import Budget, Split, SplitMetrics, measure, row_cosine, split_of
+from onnxguard.convert.gate import (
+    Budget,
+    Split,
+    SplitMetrics,
+    measure,
+    measure_ranking,
+    row_cosine,
+    split_of,
+)
 from onnxguard.errors import UsageError
 from onnxguard.tasks import Task
 
@@ -71,6 +79,15 @@ class ValidationCase:
     split: Split | None = None
     rows: tuple[int, ...] = ()
     """Indices into ``ValidationData.texts`` (split cases only)."""
+    documents: tuple[str, ...] = ()
+    """Reranking: the document paired with each text (the query); empty for single texts."""
+
+    def encode(self, tokenizer: Tokenizer) -> list[Any]:
+        """Tokenized texts, or (query, document) pairs truncated together at max length."""
+        if self.documents:
+            return list(tokenizer.encode_batch(list(zip(self.texts, self.documents,
+                                                        strict=True))))
+        return list(tokenizer.encode_batch(list(self.texts)))
 
 
 @dataclass(frozen=True)
@@ -191,8 +208,24 @@ def _read_rows(path: Path, what: str) -> list[tuple[str | None, str]]:
     return rows
 
 
-def make_cases(data: ValidationData, max_length: int) -> tuple[ValidationCase, ...]:
-    """The fixed shape cases, then every text in batches of 8 per split, length-sorted."""
+def make_cases(
+    data: ValidationData, max_length: int, pairs: bool = False
+) -> tuple[ValidationCase, ...]:
+    """The fixed shape cases, then every text in batches of 8 per split, length-sorted.
+
+    With ``pairs`` (reranking) each text is a query paired with the text after it (the last
+    with the first) as its document: a cross-encoder is validated on the pairs it will see.
+    """
+    cases = _single_cases(data, max_length)
+    if not pairs:
+        return cases
+    sentences = data.texts
+    following = {t: sentences[(i + 1) % len(sentences)] for i, t in enumerate(sentences)}
+    return tuple(replace(c, documents=tuple(following.get(t, sentences[0]) for t in c.texts))
+                 for c in cases)
+
+
+def _single_cases(data: ValidationData, max_length: int) -> tuple[ValidationCase, ...]:
     sentences = data.texts
     by_len = sorted(sentences, key=len)
     long_text = " ".join(by_len[-8:]) * (1 + max_length // 16)
@@ -237,8 +270,7 @@ def compute_reference(
     try:
         with torch.inference_mode():
             for case in cases:
-                feed = pad_batch(tokenizer.encode_batch(list(case.texts)), input_names, pad_id,
-                                 case.pad_to)
+                feed = pad_batch(case.encode(tokenizer), input_names, pad_id, case.pad_to)
                 out = wrapper(*(torch.from_numpy(feed[n]) for n in input_names))
                 inputs.append(feed)
                 outputs.append(out.detach().float().numpy())
@@ -287,8 +319,11 @@ def compare(
         diff = np.abs(ref - out)
         per_case[case.name] = float(diff.max())
         diffs.append(diff.reshape(-1))
-        cosines.append(row_cosine(ref, out))
-        if task is not Task.FEATURE_EXTRACTION:
+        # a reranker's row is often one logit, whose cosine is only its sign: compare the
+        # batch's score columns instead
+        cosines.append(row_cosine(ref.T, out.T) if task is Task.RERANKING
+                       else row_cosine(ref, out))
+        if task not in (Task.FEATURE_EXTRACTION, Task.RERANKING):
             agree.append(ref.argmax(-1) == out.argmax(-1))
     all_diff = np.concatenate(diffs)
     all_cos = np.concatenate(cosines)
@@ -332,6 +367,8 @@ def split_metrics(
     if not picked:
         return SplitMetrics(split, 0)
     texts = sum(len(c.texts) for c, *_ in picked)
+    if task is Task.RERANKING:
+        return measure_ranking(split, [r for _, _, r, _ in picked], [a for *_, a in picked])
     if task is Task.TOKEN_CLASSIFICATION:
         keeps = [f["attention_mask"].astype(bool) for _, f, _, _ in picked]
         ref = np.concatenate([r[k] for (_, _, r, _), k in zip(picked, keeps, strict=True)])

@@ -58,6 +58,8 @@ def test_build_validate_quantize_predict(
         assert {r["label"] for r in results} <= {"NEG", "POS"}
         for r in results:
             assert abs(sum(r["scores"].values()) - 1.0) < 1e-5
+    elif task == "reranking":
+        _check_rerank(engine, results)
     elif task == "feature-extraction":
         vectors = np.array([r["embedding"] for r in results])
         assert vectors.shape == (3, 32)
@@ -65,6 +67,31 @@ def test_build_validate_quantize_predict(
     else:
         assert [t["token"] for t in results[1]["tokens"]] == ["bad"]
         assert results[1]["tokens"][0]["label"] in {"O", "B-X", "I-X"}
+
+
+def _check_rerank(engine: Engine, results: list[dict[str, object]]) -> None:
+    """Single texts get a sigmoid score; rerank orders pairs by the pair logits."""
+    assert all(0.0 < float(r["score"]) < 1.0 for r in results)  # type: ignore[arg-type]
+    docs = ["the movie was good", "bad", "i love this film , it was great !", "it was fine"]
+    ranked = engine.rerank("was the film good ?", docs)
+    assert sorted(r["index"] for r in ranked) == [0, 1, 2, 3]
+    scores = [r["score"] for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    pairs = [("was the film good ?", d) for d in docs]
+    feed = engine.run_batch(engine.tokenizer.encode_batch(pairs))[:, 0]
+    expected = 1 / (1 + np.exp(-feed.astype(np.float64)))
+    for r in ranked:
+        assert r["score"] == pytest.approx(expected[r["index"]], abs=1e-6)
+    raw = engine.rerank("was the film good ?", docs, raw_scores=True)
+    assert [r["index"] for r in raw] == [r["index"] for r in ranked]
+    assert raw[0]["score"] == pytest.approx(float(feed[raw[0]["index"]]), abs=1e-6)
+    long_doc = "i love this film , it was great ! " * 40
+    cut = engine.rerank("was the film good ?", ["bad", long_doc])
+    assert [bool(r.get("truncated")) for r in sorted(cut, key=lambda r: r["index"])] == [
+        False, True]
+    encoding = engine.encode_pairs("was the film good ?", [long_doc])[0]
+    assert len(encoding.ids) == engine.max_length
+    assert encoding.tokens[:2] == ["[CLS]", "was"] and encoding.tokens[-1] == "[SEP]"
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
