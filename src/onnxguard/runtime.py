@@ -139,8 +139,9 @@ class Engine:
         }
 
     # --- inference ------------------------------------------------------------------------------
-    def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        """Tokenize without padding (batch encode runs in Rust and releases the GIL)."""
+    def encode(self, texts: Sequence[str | tuple[str, str]]) -> list[Encoding]:
+        """Tokenize without padding (batch encode runs in Rust and releases the GIL); a
+        (query, document) pair is tokenized as one sequence, truncated together."""
         return list(self.tokenizer.encode_batch(list(texts)))
 
     def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray:

@@ -48,11 +48,14 @@ from onnxguard.serve.settings import BatchSettings
 
 _ACTIVE_S = 1.0
 
+TextInput = str | tuple[str, str]
+"""A text, or a (query, document) pair for a cross-encoder (tokenized together)."""
+
 
 class BatchEngine(Protocol):
     """What the batcher needs from :class:`onnxguard.runtime.Engine`."""
 
-    def encode(self, texts: Sequence[str]) -> list[Encoding]: ...
+    def encode(self, texts: Sequence[TextInput]) -> list[Encoding]: ...
 
     def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray: ...
 
@@ -70,7 +73,7 @@ class BatchResult:
 class _Request:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[BatchResult]
-    texts: Sequence[str]
+    texts: Sequence[TextInput]
     enqueued: float
     results: list[Any]
     remaining: int
@@ -156,7 +159,7 @@ class Batcher:
         self._threads.clear()
 
     # --- event-loop side ---------------------------------------------------------------------
-    async def run(self, texts: Sequence[str], tenant: str = "") -> BatchResult:
+    async def run(self, texts: Sequence[TextInput], tenant: str = "") -> BatchResult:
         """Tokenize and run ``texts`` in shared batches, charged to ``tenant`` for fairness;
         raises the RequestErrors of ``onnxguard.errors``."""
         if not texts:

@@ -3,8 +3,11 @@
 - ``POST /v1/embeddings`` (OpenAI): ``input`` (string or list), ``model``, ``encoding_format``
   (``float`` or ``base64`` of little-endian float32), ``dimensions`` (Matryoshka-style: the first
   N dimensions, renormalised), ``usage`` token counts.  Works with the unmodified ``openai`` client.
-- TEI: ``POST /embed``, ``POST /predict``, ``POST /tokenize``, ``GET /info`` and ``POST /`` (the
-  route of the model's kind), as ``huggingface_hub.InferenceClient`` calls them.
+- TEI: ``POST /embed``, ``POST /predict``, ``POST /rerank``, ``POST /tokenize``, ``GET /info`` and
+  ``POST /`` (the route of the model's kind), as ``huggingface_hub.InferenceClient`` calls them.
+- Cohere-style ``POST /v1/rerank`` (``query``, ``documents``, ``top_n``, ``return_documents``).
+  Reranking runs (query, document) pairs of a cross-encoder (task ``reranking``) through the
+  batcher, tokenized together and truncated together at the model's maximum length.
 
 Every route sits behind the same guard as ``/v1`` and ``/v2`` (keys, scopes, rate limits and
 token budgets, body limits, audit) and runs through the same batcher.  Truncation is the
@@ -27,12 +30,13 @@ from starlette.responses import Response
 from tokenizers import Encoding, Tokenizer
 
 from onnxguard import __version__
-from onnxguard.runtime import softmax
+from onnxguard.runtime import rank_results, softmax
 from onnxguard.serve._http import ApiError, context_of, json_response
 from onnxguard.serve.service import Inference, Service
 from onnxguard.tasks import Task
 
-COMPAT_PATHS = ("/v1/embeddings", "/embed", "/predict", "/tokenize", "/info", "/")
+COMPAT_PATHS = ("/v1/embeddings", "/embed", "/predict", "/rerank", "/v1/rerank", "/tokenize",
+                "/info", "/")
 
 
 class OpenAIEmbeddingsRequest(BaseModel):
@@ -83,7 +87,33 @@ class TEITokenizeRequest(BaseModel):
     prompt_name: str | None = None
 
 
+class TEIRerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: str
+    texts: list[str]
+    return_text: bool = False
+    raw_scores: bool = False
+    truncate: bool = False
+    truncation_direction: TruncationDirection = TruncationDirection.RIGHT
+
+
+class CohereDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str
+
+
+class CohereRerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: str
+    documents: list[str | CohereDocument]
+    model: str | None = None
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+
+
 _OPENAI = TypeAdapter(OpenAIEmbeddingsRequest)
+_RERANK = TypeAdapter(TEIRerankRequest)
+_COHERE_RERANK = TypeAdapter(CohereRerankRequest)
 _EMBED = TypeAdapter(TEIEmbedRequest)
 _PREDICT = TypeAdapter(TEIPredictRequest)
 _TOKENIZE = TypeAdapter(TEITokenizeRequest)
@@ -144,6 +174,24 @@ class _Truncation:
                 continue
             start = encoding.offsets[words[len(words) - keep]][0]
             out.append(text[start:])
+        return out
+
+    def left_documents(self, query: str, documents: Sequence[str]) -> list[str]:
+        """Pairs: keep the end of each over-long document, the query whole.
+
+        A query that alone leaves no room is left to the tokenizer's own (longest-first) cut.
+        """
+        limit = self.service.engine.max_length
+        pairs = [(query, d) for d in documents]
+        out = []
+        for doc, encoding in zip(documents, self.full_tokenizer().encode_batch(pairs),
+                                 strict=True):
+            words = [i for i, s in enumerate(encoding.sequence_ids) if s == 1]
+            keep = limit - (len(encoding.ids) - len(words))
+            if len(words) <= keep or keep <= 0:
+                out.append(doc)
+                continue
+            out.append(doc[encoding.offsets[words[len(words) - keep]][0]:])
         return out
 
 
@@ -239,13 +287,58 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
         payload: Any = results[0] if isinstance(body.inputs, str) else results
         return json_response(payload, headers=headers)
 
+    async def rerank(request: Request, query: str, documents: list[str], truncate: bool,
+                     direction: TruncationDirection, raw_scores: bool, route: str,
+                     ) -> tuple[list[dict[str, Any]], list[bool]]:
+        """Ranked ``{"index", "score"}`` (``truncated`` when cut) and which documents were cut."""
+        _require(service, Task.RERANKING, route)
+        if truncate and direction is TruncationDirection.LEFT:
+            documents = truncation.left_documents(query, documents)
+        inference = await service.infer_pairs(query, documents, context_of(request.scope))
+        cut = _check_length(inference, truncate, service.engine.max_length,
+                            "shorten the query or the text, or send truncate: true")
+        logits = np.stack(inference.rows) if inference.rows else np.zeros((0, 1))
+        return rank_results(logits, cut, raw_scores), cut
+
+    async def tei_rerank(request: Request) -> Response:
+        body: TEIRerankRequest = await _parse(request, _RERANK)
+        ranked, cut = await rerank(request, body.query, body.texts, body.truncate,
+                                   body.truncation_direction, body.raw_scores, "/rerank")
+        if body.return_text:
+            for item in ranked:
+                item["text"] = body.texts[item["index"]]
+        headers = {"X-Truncated-Inputs": str(sum(cut))} if any(cut) else None
+        return json_response(ranked, headers=headers)
+
+    @app.post("/v1/rerank", tags=["cohere"], summary="Cohere-style reranking")
+    async def cohere_rerank(request: Request) -> Response:
+        """Cohere cuts over-long documents; here the cut is reported (meta and header)."""
+        body: CohereRerankRequest = await _parse(request, _COHERE_RERANK)
+        if body.model is not None and body.model != service.model_name:
+            raise ApiError(404, "unknown model; GET /info names the model served here")
+        texts = [d if isinstance(d, str) else d.text for d in body.documents]
+        ranked, cut = await rerank(request, body.query, texts, True, TruncationDirection.RIGHT,
+                                   False, "/v1/rerank")
+        results = []
+        for item in ranked[:body.top_n]:
+            result: dict[str, Any] = {"index": item["index"], "relevance_score": item["score"]}
+            if body.return_documents:
+                result["document"] = {"text": texts[item["index"]]}
+            results.append(result)
+        headers = {"X-Truncated-Inputs": str(sum(cut))} if any(cut) else None
+        return json_response({"results": results, "model": service.model_name,
+                              "meta": {"truncated_documents": sum(cut)}}, headers=headers)
+
     app.post("/embed", tags=["tei"], summary="TEI: embed texts")(tei_embed)
     app.post("/predict", tags=["tei"], summary="TEI: classify texts")(tei_predict)
+    app.post("/rerank", tags=["tei"], summary="TEI: rerank texts for a query")(tei_rerank)
 
     @app.post("/", tags=["tei"], summary="TEI: the route of this model's kind")
     async def tei_root(request: Request) -> Response:
         if service.engine.task is Task.FEATURE_EXTRACTION:
             return await tei_embed(request)
+        if service.engine.task is Task.RERANKING:
+            return await tei_rerank(request)
         return await tei_predict(request)
 
     @app.post("/tokenize", tags=["tei"], summary="TEI: tokenize texts")
@@ -266,6 +359,8 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
         if engine.task is Task.FEATURE_EXTRACTION:
             pooling = engine.manifest.pooling
             kind = {"embedding": {"pooling": pooling.mode.value if pooling else "mean"}}
+        elif engine.task is Task.RERANKING:
+            kind = {"reranker": {"id2label": dict(enumerate(engine.labels))}}
         else:
             kind = {"classifier": {"id2label": dict(enumerate(engine.labels))}}
         limits = service.config.limits

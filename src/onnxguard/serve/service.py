@@ -27,7 +27,7 @@ from onnxguard.errors import (
 )
 from onnxguard.serve._http import ApiError, RequestContext
 from onnxguard.serve.audit import hash_inputs
-from onnxguard.serve.batching import Batcher, BatchResult
+from onnxguard.serve.batching import Batcher, BatchResult, TextInput
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.ratelimit import RateLimiter
 from onnxguard.serve.settings import RateLimit, ServeConfig
@@ -78,7 +78,7 @@ def default_loader(config: ServeConfig) -> EngineLoader:
 class Inference:
     """One request's texts after the model: encodings and raw output rows, in input order."""
 
-    texts: Sequence[str]
+    texts: Sequence[TextInput]
     encodings: list[Encoding]
     rows: list[np.ndarray]
 
@@ -220,8 +220,30 @@ class Service:
     async def infer(self, texts: Sequence[str], context: RequestContext | None = None) -> Inference:
         """Check, then tokenize and run in shared batches; errors are ApiErrors."""
         self.check_texts(texts)
+        return await self._infer(texts, texts, context)
+
+    async def infer_pairs(
+        self, query: str, documents: Sequence[str], context: RequestContext | None = None
+    ) -> Inference:
+        """A cross-encoder's (query, document) pairs, through the same checks and batcher.
+
+        The query counts as one more text against the limits; the audit hash covers it first.
+        """
+        if not documents:
+            raise ApiError(422, "at least one text is needed")
+        texts = [query, *documents]
+        self.check_texts(texts)
+        for index, text in enumerate(texts):
+            if not text.strip():  # as the Engine: a score for nothing would look meaningful
+                where = "the query" if index == 0 else f"text {index - 1}"
+                raise ApiError(422, f"{where} is empty or only whitespace")
+        return await self._infer([(query, d) for d in documents], texts, context)
+
+    async def _infer(
+        self, items: Sequence[TextInput], texts: Sequence[str], context: RequestContext | None
+    ) -> Inference:
         if context is not None:
-            context.inputs = len(texts)
+            context.inputs = len(items)
             context.inputs_sha256 = hash_inputs(texts)
         engine = self.engine
         batcher = self._batcher
@@ -230,7 +252,7 @@ class Service:
         tenant = (context.tenant if context is not None else None) or ""
         reserved = self._reserve_tokens(tenant, texts, engine.max_length)
         try:
-            result = await self._run(batcher, texts, tenant, engine.max_length)
+            result = await self._run(batcher, items, tenant, engine.max_length)
         except ApiError:
             if self.tokens is not None:
                 self.tokens.charge(tenant, -reserved)  # nothing ran: give the estimate back
@@ -238,10 +260,10 @@ class Service:
         if self.tokens is not None:
             used = sum(len(e.ids) for e in result.encodings)
             self.tokens.charge(tenant, used - reserved)
-        return Inference(texts, result.encodings, result.rows)
+        return Inference(items, result.encodings, result.rows)
 
     async def _run(
-        self, batcher: Batcher, texts: Sequence[str], tenant: str, max_length: int
+        self, batcher: Batcher, texts: Sequence[TextInput], tenant: str, max_length: int
     ) -> BatchResult:
         """The batcher's result; its errors as HTTP errors."""
         try:
