@@ -149,3 +149,18 @@ def test_rerank_errors(reranker: tuple[httpx.Client, Engine],
         assert wrong.status_code == 400 and "reranking" in wrong.json()["error"]
     finally:
         server.stop()
+
+
+def test_single_text_routes_score_texts_alone(reranker: tuple[httpx.Client, Engine]) -> None:
+    """V2 gives a reranker's raw logits; /v1/classify its relevance score (no pair)."""
+    client, engine = reranker
+    logits = engine.predict_raw(DOCS[:2])
+    v2 = client.post(f"/v2/models/{engine.name}/infer", json={
+        "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": DOCS[:2]}]})
+    assert v2.status_code == 200, v2.text
+    (output,) = v2.json()["outputs"]
+    assert output["name"] == "logits" and output["shape"] == [2, 1]
+    assert output["data"] == pytest.approx([float(x[0]) for x in logits], abs=1e-5)
+    classify = client.post("/v1/classify", json={"texts": DOCS[:2]}).json()["results"]
+    assert [r["score"] for r in classify] == pytest.approx(
+        [r["score"] for r in engine.predict(DOCS[:2])], abs=1e-6)

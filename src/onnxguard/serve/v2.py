@@ -275,6 +275,8 @@ def output_specs(engine: Engine) -> list[TensorSpec]:
         ]
     if engine.task is Task.FEATURE_EXTRACTION:
         return [TensorSpec(engine.output_name, "FP32", [-1, _embedding_dim(engine)])]
+    if engine.task is Task.RERANKING:  # single texts scored alone: the raw relevance logits
+        return [TensorSpec(engine.output_name, "FP32", [-1, len(engine.labels) or -1])]
     return [TensorSpec("tokens", "BYTES", [-1])]
 
 
