@@ -164,3 +164,17 @@ def test_single_text_routes_score_texts_alone(reranker: tuple[httpx.Client, Engi
     classify = client.post("/v1/classify", json={"texts": DOCS[:2]}).json()["results"]
     assert [r["score"] for r in classify] == pytest.approx(
         [r["score"] for r in engine.predict(DOCS[:2])], abs=1e-6)
+
+
+def test_tei_predict_takes_pairs_on_a_reranker(reranker: tuple[httpx.Client, Engine]) -> None:
+    client, engine = reranker
+    expected = {r["index"]: r["score"] for r in engine.rerank(QUERY, DOCS[:3])}
+    batch = client.post("/predict", json={"inputs": [[QUERY, d] for d in DOCS[:3]]})
+    assert batch.status_code == 200, batch.text
+    assert [row[0]["score"] for row in batch.json()] == pytest.approx(
+        [expected[i] for i in range(3)], abs=1e-5)
+    one = client.post("/predict", json={"inputs": [QUERY, DOCS[0]]}).json()
+    assert one[0]["score"] == pytest.approx(expected[0], abs=1e-5)
+    assert client.post("/predict", json={"inputs": "alone"}).status_code == 422
+    assert client.post("/predict", json={"inputs": [[QUERY]]}).status_code == 422
+    assert client.post("/predict", json={"inputs": [[QUERY, ""]]}).status_code == 422

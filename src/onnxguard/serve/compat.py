@@ -73,7 +73,8 @@ class PredictParameters(BaseModel):
 
 class TEIPredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    inputs: str | list[str]
+    inputs: str | list[str] | list[list[str]]
+    """Texts, or (for a reranker) [query, document] pairs: ``[a, b]`` or ``[[a, b], ...]``."""
     parameters: PredictParameters | None = None
     raw_scores: bool = False
     truncate: bool = False
@@ -136,6 +137,10 @@ async def _parse(request: Request, adapter: TypeAdapter[Any]) -> Any:
 
 
 def _texts(inputs: str | list[str]) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else list(inputs)
+
+
+def _texts_or_pairs(inputs: str | list[str] | list[list[str]]) -> list[str | list[str]]:
     return [inputs] if isinstance(inputs, str) else list(inputs)
 
 
@@ -221,6 +226,29 @@ def _embeddings(service: Service, inference: Inference, normalize: bool,
     return vectors
 
 
+def _predict_inputs(
+    service: Service, inputs: str | list[str] | list[list[str]]
+) -> tuple[bool, list[tuple[str, str]] | None]:
+    """Whether one input was sent, and the pairs when a reranker was sent pairs.
+
+    A reranker scores pairs only: ``[a, b]`` is one pair (as TEI reads it), ``[[a, b], ...]``
+    several; a classifier takes texts only.
+    """
+    is_reranker = service.engine.task is Task.RERANKING
+    if isinstance(inputs, str) or not inputs or isinstance(inputs[0], str):
+        if not is_reranker:
+            return isinstance(inputs, str), None
+        if isinstance(inputs, list) and len(inputs) == 2:
+            return True, [(str(inputs[0]), str(inputs[1]))]
+        raise ApiError(422, "inputs: a reranker scores [query, document] pairs")
+    if not is_reranker:
+        raise ApiError(400, f"this model is {service.engine.task.value}: pairs need a "
+                       "reranking model")
+    if any(len(pair) != 2 for pair in inputs):
+        raise ApiError(422, "inputs: every pair needs exactly two texts")
+    return False, [(str(p[0]), str(p[1])) for p in inputs if isinstance(p, list)]
+
+
 def _require(service: Service, task: Task, route: str) -> None:
     if service.engine.task is not task:
         raise ApiError(400, f"this model is {service.engine.task.value}: {route} needs a "
@@ -270,13 +298,23 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
 
     async def tei_predict(request: Request) -> Response:
         body: TEIPredictRequest = await _parse(request, _PREDICT)
-        _require(service, Task.TEXT_CLASSIFICATION, "/predict")
-        inference, cut = await run(request, _texts(body.inputs), body.truncate,
-                                   body.truncation_direction)
+        single, pairs = _predict_inputs(service, body.inputs)
+        if pairs is not None:
+            if body.truncation_direction is TruncationDirection.LEFT and body.truncate:
+                raise ApiError(422, "truncation_direction: Left is not supported for pairs "
+                               "on /predict; use /rerank")
+            inference = await service.infer_pairs(pairs, context_of(request.scope))
+            cut = _check_length(inference, body.truncate, service.engine.max_length,
+                                "shorten it, or send truncate: true to cut it there")
+        else:
+            _require(service, Task.TEXT_CLASSIFICATION, "/predict")
+            texts = [t for t in _texts_or_pairs(body.inputs) if isinstance(t, str)]
+            inference, cut = await run(request, texts, body.truncate, body.truncation_direction)
         engine = service.engine
         logits = np.stack(inference.rows).astype(np.float64)
         parameters = body.parameters or PredictParameters()
-        function = parameters.function_to_apply or ("none" if body.raw_scores else "softmax")
+        default = "sigmoid" if logits.shape[1] == 1 else "softmax"  # one logit: a relevance
+        function = parameters.function_to_apply or ("none" if body.raw_scores else default)
         scores = {"none": logits, "softmax": softmax(logits),
                   "sigmoid": 1.0 / (1.0 + np.exp(-logits))}[function]
         top = parameters.top_k or scores.shape[1]
@@ -284,7 +322,7 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
                     for i in np.argsort(-row, kind="stable")[:top]]
                    for row in scores]
         headers = {"X-Truncated-Inputs": str(sum(cut))} if any(cut) else None
-        payload: Any = results[0] if isinstance(body.inputs, str) else results
+        payload: Any = results[0] if single else results
         return json_response(payload, headers=headers)
 
     async def rerank(request: Request, query: str, documents: list[str], truncate: bool,
@@ -294,7 +332,10 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
         _require(service, Task.RERANKING, route)
         if truncate and direction is TruncationDirection.LEFT:
             documents = truncation.left_documents(query, documents)
-        inference = await service.infer_pairs(query, documents, context_of(request.scope))
+        if not documents:
+            raise ApiError(422, "at least one text is needed")
+        inference = await service.infer_pairs([(query, d) for d in documents],
+                                              context_of(request.scope), len(documents) + 1)
         cut = _check_length(inference, truncate, service.engine.max_length,
                             "shorten the query or the text, or send truncate: true")
         logits = np.stack(inference.rows) if inference.rows else np.zeros((0, 1))

@@ -195,14 +195,18 @@ class Service:
             batcher.stop(timeout=self.config.graceful_timeout_s)
 
     # --- requests ------------------------------------------------------------------------------
-    def check_texts(self, texts: Sequence[str]) -> None:
-        """Count and size limits, and valid Unicode, before any work is done."""
+    def check_texts(self, texts: Sequence[str], count: int | None = None) -> None:
+        """Count and size limits, and valid Unicode, before any work is done.
+
+        ``count`` is what the count limit sees when it is not one per text (pairs).
+        """
         limits = self.config.limits
+        count = len(texts) if count is None else count
         if not texts:
             raise ApiError(422, "at least one text is needed")
-        if len(texts) > limits.max_texts:
+        if count > limits.max_texts:
             raise ApiError(
-                413, f"too many texts: {len(texts)} (limit {limits.max_texts} per request)"
+                413, f"too many texts: {count} (limit {limits.max_texts} per request)"
             )
         for index, text in enumerate(texts):
             if len(text) > limits.max_chars:
@@ -223,21 +227,22 @@ class Service:
         return await self._infer(texts, texts, context)
 
     async def infer_pairs(
-        self, query: str, documents: Sequence[str], context: RequestContext | None = None
+        self, pairs: Sequence[tuple[str, str]], context: RequestContext | None = None,
+        count: int | None = None,
     ) -> Inference:
         """A cross-encoder's (query, document) pairs, through the same checks and batcher.
 
-        The query counts as one more text against the limits; the audit hash covers it first.
+        Each pair counts once against the count limit unless ``count`` says otherwise (a
+        reranking request counts its query too); the audit hash covers every text in order.
         """
-        if not documents:
+        if not pairs:
             raise ApiError(422, "at least one text is needed")
-        texts = [query, *documents]
-        self.check_texts(texts)
+        texts = [t for pair in pairs for t in pair]
+        self.check_texts(texts, len(pairs) if count is None else count)
         for index, text in enumerate(texts):
             if not text.strip():  # as the Engine: a score for nothing would look meaningful
-                where = "the query" if index == 0 else f"text {index - 1}"
-                raise ApiError(422, f"{where} is empty or only whitespace")
-        return await self._infer([(query, d) for d in documents], texts, context)
+                raise ApiError(422, f"pair {index // 2} has an empty or whitespace-only text")
+        return await self._infer(list(pairs), texts, context)
 
     async def _infer(
         self, items: Sequence[TextInput], texts: Sequence[str], context: RequestContext | None
