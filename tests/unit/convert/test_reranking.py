@@ -76,3 +76,19 @@ def test_ranking_gate_counts_order_swaps_within_groups() -> None:
     assert shifted.agreement == 1.0
     tied = measure_ranking(Split.SELECTION, [np.zeros((3, 1))], [np.array([[1.0], [2.0], [3.0]])])
     assert tied.agreement == 1.0 and tied.agreement_lower95 == 1.0
+
+
+def test_runtime_scores_one_logit_and_two_label_heads() -> None:
+    from onnxguard.runtime import rank_results
+
+    one = rank_results(np.array([[-1.0], [2.0], [0.5]]), [False, True, False])
+    assert [r["index"] for r in one] == [1, 2, 0]
+    assert one[0] == {"index": 1, "score": pytest.approx(1 / (1 + np.exp(-2.0))),
+                      "truncated": True}
+    two = rank_results(np.array([[2.0, 0.0], [0.0, 3.0]]), [False, False])
+    assert [r["index"] for r in two] == [1, 0]
+    assert two[0]["score"] == pytest.approx(1 / (1 + np.exp(-3.0)))  # softmax of the last label
+    raw = rank_results(np.array([[2.0, 0.0], [0.0, 3.0]]), [False, False], raw_scores=True)
+    assert [r["score"] for r in raw] == [3.0, 0.0]
+    tied = rank_results(np.array([[1.0], [1.0]]), [False, False])
+    assert [r["index"] for r in tied] == [0, 1]  # ties keep the input order
