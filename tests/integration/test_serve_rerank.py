@@ -6,6 +6,7 @@ plain httpx calls the routes, and every score is compared with ``Engine.rerank``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pytest
 
 from onnxguard.runtime import Engine
 from onnxguard.serve.app import create_app
+from onnxguard.serve.audit import hash_inputs, verify_chain
 from onnxguard.serve.auth import generate_secret, key_line
-from onnxguard.serve.settings import BatchSettings, Limits, RateLimit, ServeConfig
+from onnxguard.serve.settings import AuditSettings, BatchSettings, Limits, RateLimit, ServeConfig
 from onnxguard.serve.testing import BackgroundServer
 
 QUERY = "was the film good ?"
@@ -29,6 +31,7 @@ def _serve(bundle: Path, tmp: Path) -> tuple[BackgroundServer, str]:
     keys.write_text(key_line("client", secret) + "\n")
     keys.chmod(0o600)
     config = ServeConfig(bundle=bundle, api_keys_file=keys, rate_limit=RateLimit(100_000, 60.0),
+                         audit=AuditSettings(path=tmp / "audit.log"),
                          token_limit=None, batching=BatchSettings(max_wait_ms=2.0),
                          limits=Limits(max_chars=100_000, max_texts=8))
     server = BackgroundServer(create_app(config)).start()
@@ -36,11 +39,16 @@ def _serve(bundle: Path, tmp: Path) -> tuple[BackgroundServer, str]:
     return server, secret
 
 
+AUDIT: list[Path] = []
+
+
 @pytest.fixture(scope="module")
 def reranker(tiny_bundle_factory: Callable[..., Path],
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Engine]]:
     bundle = tiny_bundle_factory("bert", "reranking", "none")
-    server, secret = _serve(bundle, tmp_path_factory.mktemp("rerank"))
+    tmp = tmp_path_factory.mktemp("rerank")
+    AUDIT[:] = [tmp / "audit.log"]
+    server, secret = _serve(bundle, tmp)
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {secret}"},
                       timeout=30) as client:
         yield client, Engine.from_bundle(bundle)
@@ -178,3 +186,21 @@ def test_tei_predict_takes_pairs_on_a_reranker(reranker: tuple[httpx.Client, Eng
     assert client.post("/predict", json={"inputs": "alone"}).status_code == 422
     assert client.post("/predict", json={"inputs": [[QUERY]]}).status_code == 422
     assert client.post("/predict", json={"inputs": [[QUERY, ""]]}).status_code == 422
+
+
+def test_rerank_requests_are_audited(reranker: tuple[httpx.Client, Engine]) -> None:
+    client, engine = reranker
+    ok = client.post("/rerank", json={"query": "an audited query", "texts": DOCS[:2]})
+    cohere = client.post("/v1/rerank", json={"query": "an audited query", "documents": DOCS[:2]})
+    records = {r.get("request_id"): r for r in map(json.loads,
+                                                   AUDIT[0].read_text().splitlines())}
+    for response, endpoint in ((ok, "/rerank"), (cohere, "/v1/rerank")):
+        record = records[response.headers["x-request-id"]]
+        assert (record["endpoint"], record["status"], record["key_id"]) == (endpoint, 200,
+                                                                              "client")
+        assert record["inputs"] == 2
+        assert record["inputs_sha256"] == hash_inputs(
+            [t for d in DOCS[:2] for t in ("an audited query", d)])
+        assert record["bundle_digest"] == engine.digest
+    assert "an audited query" not in AUDIT[0].read_text()
+    assert verify_chain(AUDIT[0]).ok
