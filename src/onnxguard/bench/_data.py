@@ -58,64 +58,12 @@ class Workload:
 
 
 def read_dataset(path: Path, label_names: Sequence[str] = ()) -> Dataset:
-    """``label<TAB>content`` lines (header ``label<TAB>...`` skipped), or one text per line.
+    """``--data``: read like the build's ``--validation-data`` (the one reader), kept with the
+    model's label names for the report."""
+    from onnxguard.convert.validate import read_validation_data
 
-    Labels may be class indices (``0``/``1``) or the model's label names (``POSITIVE``).  A file
-    where only some lines carry a label is refused: half-labelled accuracy would mislead.
-    """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"cannot read data file {path}: {exc}",
-            hint="pass a UTF-8 file with label<TAB>text lines (or one text per line)",
-        ) from exc
-    texts: list[str] = []
-    raw_labels: list[str | None] = []
-    for number, line in enumerate(lines):
-        if number == 0 and line.lower().startswith("label\t"):
-            continue
-        if not line.strip():
-            continue
-        if "\t" in line:
-            label, text = line.split("\t", 1)
-            raw_labels.append(label.strip())
-        else:
-            text = line
-            raw_labels.append(None)
-        if text.strip():
-            texts.append(text)
-        else:
-            raw_labels.pop()
-    if not texts:
-        raise UsageError(f"data file {path} has no texts", hint="add one text per line")
-    given = [label for label in raw_labels if label is not None]
-    if given and len(given) != len(raw_labels):
-        raise UsageError(
-            f"data file {path}: {len(given)} of {len(raw_labels)} lines carry a label",
-            hint="label every line (label<TAB>text) or none of them",
-        )
-    labels = _label_indices(given, label_names, path) if given else None
-    return Dataset(tuple(texts), labels, str(path), tuple(label_names))
-
-
-def _label_indices(raw: list[str], names: Sequence[str], path: Path) -> tuple[int, ...]:
-    if all(label.lstrip("-").isdigit() for label in raw):
-        indices = tuple(int(label) for label in raw)
-        if names and any(not 0 <= i < len(names) for i in indices):
-            raise UsageError(
-                f"data file {path} has label indices outside 0..{len(names) - 1}",
-                hint=f"the model's labels are {', '.join(names)}",
-            )
-        return indices
-    lookup = {name.lower(): i for i, name in enumerate(names)}
-    unknown = sorted({label for label in raw if label.lower() not in lookup})
-    if unknown:
-        raise UsageError(
-            f"data file {path} has labels the model does not know: {', '.join(unknown[:5])}",
-            hint=f"use class indices or the model's labels ({', '.join(names) or 'none'})",
-        )
-    return tuple(lookup[label.lower()] for label in raw)
+    data = read_validation_data(path, label_names, what="data")
+    return Dataset(data.texts, data.labels, data.source, tuple(label_names))
 
 
 def sample_indices(total: int, size: int) -> list[int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -19,22 +18,7 @@ import typer
 from onnxguard.cli._options import BundleDir, Json, KeySource, Providers, PublicKey, Threads
 from onnxguard.cli._output import console
 from onnxguard.errors import PathNotFoundError, UsageError
-
-
-class LogLevelChoice(StrEnum):
-    """``--log-level`` choices (typer shows and checks them: a bad value is a usage error)."""
-
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-class DocsChoice(StrEnum):
-    ON = "on"
-    OFF = "off"
-    PUBLIC = "public"
-
+from onnxguard.serve.settings import DocsMode, LogLevel
 
 apikey_app = typer.Typer(help="Create API keys for `onnxguard serve`.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check `onnxguard serve` audit logs.", no_args_is_help=True)
@@ -144,8 +128,8 @@ def serve_command(
     ),
     public_key: PublicKey = None,
     key_source: KeySource = None,
-    docs: DocsChoice = typer.Option(
-        DocsChoice.ON, help="OpenAPI docs: on (key needed), off, or public (no key)."
+    docs: DocsMode = typer.Option(
+        DocsMode.ON, help="OpenAPI docs: on (key needed), off, or public (no key)."
     ),
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="Allow this browser origin (repeatable; none by default)."
@@ -161,8 +145,8 @@ def serve_command(
     access_log: bool = typer.Option(
         True, "--access-log/--no-access-log", help="Log one line per request (never its text)."
     ),
-    log_level: LogLevelChoice = typer.Option(
-        LogLevelChoice.INFO, case_sensitive=False, help="Server log level."
+    log_level: LogLevel = typer.Option(
+        LogLevel.INFO, case_sensitive=False, help="Server log level."
     ),
     ray: bool = typer.Option(
         False, "--ray", help="Serve as Ray Serve replicas (the `ray` extra); each verifies the "
@@ -185,16 +169,13 @@ def serve_command(
     from onnxguard.serve.settings import (
         AuditSettings,
         BatchSettings,
-        DocsMode,
         Limits,
-        LogLevel,
         RateLimit,
         ServeConfig,
         TLSSettings,
         parse_size,
     )
 
-    docs_mode = DocsMode(docs.value)
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     tls = None
@@ -244,7 +225,7 @@ def serve_command(
             call_overhead_tokens=call_overhead_tokens,
             workers=batch_workers,
         ),
-        docs=docs_mode,
+        docs=docs,
         cors_origins=tuple(cors_origin),
         public_key=public_key,
         key_source=key_source,
@@ -256,7 +237,7 @@ def serve_command(
             ip.strip() for ip in (forwarded_allow_ips or "").split(",") if ip.strip()
         ),
         access_log=access_log,
-        log_level=LogLevel(log_level.value),
+        log_level=log_level,
     )
     if ray:
         from onnxguard.serve.ray_serve import RayOptions, run_ray_service

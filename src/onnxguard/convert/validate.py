@@ -159,33 +159,43 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     return [text for _label, text in _read_rows(path, what)]
 
 
-def read_validation_data(path: Path, label_names: Sequence[str] = ()) -> ValidationData:
-    """``--validation-data``: one text per line, or ``label<TAB>text`` (label index or name).
-
-    Labels are used only when every line has one; a file that mixes both is refused rather than
-    silently validated without them.
-    """
-    rows = _read_rows(path, "validation")
-    labelled = [label for label, _ in rows if label is not None]
-    if not labelled:
-        return ValidationData(tuple(t for _, t in rows), None, str(path))
-    if len(labelled) != len(rows):
+def read_validation_data(
+    path: Path, label_names: Sequence[str] = (), what: str = "validation"
+) -> ValidationData:
+    """The one reader of text files: one text per line, or ``label<TAB>text`` (a ``label`` or
+    ``sentence`` header skipped; each label a class index or one of the model's label names,
+    case-insensitive).  Labels count only when every line has one; a file that mixes both is
+    refused rather than silently used without them.  ``bench --data`` reads the same way."""
+    rows = _read_rows(path, what)
+    given = [label.strip() for label, _ in rows if label is not None]
+    texts = tuple(t for _, t in rows)
+    if not given:
+        return ValidationData(texts, None, str(path))
+    if len(given) != len(rows):
         raise UsageError(
-            f"validation file {path}: {len(labelled)} of {len(rows)} lines have a label",
-            hint="give every line a label (label<TAB>text) or none",
+            f"{what} file {path}: {len(given)} of {len(rows)} lines carry a label",
+            hint="label every line (label<TAB>text) or none of them",
         )
-    names = {name.lower(): i for i, name in enumerate(label_names)}
-    labels = []
-    for label in labelled:
-        index = int(label) if label.strip().lstrip("-").isdigit() else names.get(label.lower())
-        if index is None or not 0 <= index < max(len(label_names), 1):
-            raise UsageError(
-                f"validation file {path}: label {label!r} is not one of the model's labels "
-                f"{list(label_names)}",
-                hint="use the label index (0, 1, ...) or the model's label name",
-            )
-        labels.append(index)
-    return ValidationData(tuple(t for _, t in rows), tuple(labels), str(path))
+    return ValidationData(texts, _label_indices(given, label_names, path, what), str(path))
+
+
+def _label_indices(
+    raw: Sequence[str], names: Sequence[str], path: Path, what: str
+) -> tuple[int, ...]:
+    lookup = {name.lower(): i for i, name in enumerate(names)}
+    unknown = sorted({r for r in raw if not r.lstrip("-").isdigit() and r.lower() not in lookup})
+    if unknown:
+        raise UsageError(
+            f"{what} file {path} has labels the model does not know: {', '.join(unknown[:5])}",
+            hint=f"use class indices or the model's labels ({', '.join(names) or 'none'})",
+        )
+    indices = tuple(int(r) if r.lstrip("-").isdigit() else lookup[r.lower()] for r in raw)
+    if names and any(not 0 <= i < len(names) for i in indices):
+        raise UsageError(
+            f"{what} file {path} has label indices outside 0..{len(names) - 1}",
+            hint=f"the model's labels are {', '.join(names)}",
+        )
+    return indices
 
 
 def _read_rows(path: Path, what: str) -> list[tuple[str | None, str]]:
@@ -194,7 +204,7 @@ def _read_rows(path: Path, what: str) -> list[tuple[str | None, str]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(
             f"cannot read {what} file {path}: {exc}",
-            hint="pass a UTF-8 text file with one sentence per line (or label<TAB>text)",
+            hint="pass a UTF-8 text file with one text per line (or label<TAB>text)",
         ) from exc
     rows: list[tuple[str | None, str]] = []
     for i, line in enumerate(lines):
@@ -204,7 +214,7 @@ def _read_rows(path: Path, what: str) -> list[tuple[str | None, str]]:
         if text.strip():
             rows.append((label, text))
     if not rows:
-        raise UsageError(f"{what} file {path} has no sentences", hint="add one sentence per line")
+        raise UsageError(f"{what} file {path} has no texts", hint="add one text per line")
     return rows
 
 
