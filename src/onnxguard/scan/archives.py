@@ -213,13 +213,7 @@ def _scan_zip_members(
     members: dict[str, LazyBlob] = {}
     for info in infos:
         where = join_location(location, f"zip member {info.filename}")
-        if is_unsafe_member_name(info.filename):
-            sink.add(
-                "ARC001",
-                file,
-                where,
-                f"member name {info.filename!r} escapes the extraction directory",
-            )
+        _check_member_name(info.filename, sink, file, where)
         if info.is_dir():
             continue
         try:
@@ -321,13 +315,7 @@ def scan_tar(
             )
         for member in members:
             where = join_location(location, f"tar member {member.name}")
-            if is_unsafe_member_name(member.name):
-                sink.add(
-                    "ARC001",
-                    file,
-                    where,
-                    f"member name {member.name!r} escapes the extraction directory",
-                )
+            _check_member_name(member.name, sink, file, where)
             if member.issym() or member.islnk():
                 sink.add("ARC007", file, where, f"link member pointing to {member.linkname!r}")
             elif member.isdev() or member.isfifo():
@@ -402,6 +390,12 @@ def scan_7z(
         scan_member(BytesBlob(data), info.filename, where, depth + 1, False)
 
 
+def _check_member_name(name: str, sink: Sink, file: str, where: str) -> None:
+    """ARC001 for a member whose name would land outside the extraction directory."""
+    if is_unsafe_member_name(name):
+        sink.add("ARC001", file, where, f"member name {name!r} escapes the extraction directory")
+
+
 def _check_7z_listing(infos: list[Any], sink: Sink, file: str, location: str) -> None:
     config = sink.config
     if len(infos) > config.max_archive_members:
@@ -417,13 +411,7 @@ def _check_7z_listing(infos: list[Any], sink: Sink, file: str, location: str) ->
         )
     for info in infos:
         where = join_location(location, f"7z member {info.filename}")
-        if is_unsafe_member_name(info.filename):
-            sink.add(
-                "ARC001",
-                file,
-                where,
-                f"member name {info.filename!r} escapes the extraction directory",
-            )
+        _check_member_name(info.filename, sink, file, where)
         if info.is_symlink:
             sink.add("ARC007", file, where, "symbolic link member")
 
