@@ -15,25 +15,14 @@ import numpy as np
 import pytest
 
 from onnxguard.runtime import Engine
-from onnxguard.serve.app import create_app
-from onnxguard.serve.auth import generate_secret, key_line
-from onnxguard.serve.settings import BatchSettings, Limits, RateLimit, ServeConfig
 from onnxguard.serve.testing import BackgroundServer
+from serving import serve_with_key
 
 TEXTS = ["a good movie", "the worst film ever", "slow and boring plot", "great acting"]
 
 
 def _serve(bundle: Path, tmp: Path) -> tuple[BackgroundServer, str]:
-    secret = generate_secret()
-    keys = tmp / "keys.txt"
-    keys.write_text(key_line("client", secret) + "\n")
-    keys.chmod(0o600)
-    config = ServeConfig(bundle=bundle, api_keys_file=keys, rate_limit=RateLimit(100_000, 60.0),
-                         token_limit=None, batching=BatchSettings(max_wait_ms=2.0),
-                         limits=Limits(max_chars=100_000))
-    server = BackgroundServer(create_app(config)).start()
-    server.wait_ready()
-    return server, secret
+    return serve_with_key(bundle, tmp)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,10 @@ import httpx
 import pytest
 
 from onnxguard.runtime import Engine
-from onnxguard.serve.app import create_app
 from onnxguard.serve.audit import hash_inputs, verify_chain
-from onnxguard.serve.auth import generate_secret, key_line
-from onnxguard.serve.settings import AuditSettings, BatchSettings, Limits, RateLimit, ServeConfig
+from onnxguard.serve.settings import AuditSettings, Limits
 from onnxguard.serve.testing import BackgroundServer
+from serving import serve_with_key
 
 QUERY = "was the film good ?"
 DOCS = ["the movie was good", "bad", "i love this film , it was great !", "it was fine",
@@ -26,17 +25,8 @@ DOCS = ["the movie was good", "bad", "i love this film , it was great !", "it wa
 
 
 def _serve(bundle: Path, tmp: Path) -> tuple[BackgroundServer, str]:
-    secret = generate_secret()
-    keys = tmp / "keys.txt"
-    keys.write_text(key_line("client", secret) + "\n")
-    keys.chmod(0o600)
-    config = ServeConfig(bundle=bundle, api_keys_file=keys, rate_limit=RateLimit(100_000, 60.0),
-                         audit=AuditSettings(path=tmp / "audit.log"),
-                         token_limit=None, batching=BatchSettings(max_wait_ms=2.0),
-                         limits=Limits(max_chars=100_000, max_texts=8))
-    server = BackgroundServer(create_app(config)).start()
-    server.wait_ready()
-    return server, secret
+    return serve_with_key(bundle, tmp, audit=AuditSettings(path=tmp / "audit.log"),
+                          limits=Limits(max_chars=100_000, max_texts=8))
 
 
 AUDIT: list[Path] = []
