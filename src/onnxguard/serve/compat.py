@@ -18,6 +18,7 @@ silently cutting it; where it is allowed, a truncated text is reported.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Sequence
 from enum import StrEnum
@@ -264,7 +265,8 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
                   fix: str = "shorten it, or send truncate: true to cut it there",
                   ) -> tuple[Inference, list[bool]]:
         if truncate and direction is TruncationDirection.LEFT:
-            texts = truncation.left(texts)
+            service.check_texts(texts)  # limits before any tokenizing work
+            texts = await asyncio.to_thread(truncation.left, texts)
         inference = await service.infer(texts, context_of(request.scope))
         return inference, _check_length(inference, truncate, service.engine.max_length, fix)
 
@@ -330,10 +332,11 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
                      ) -> tuple[list[dict[str, Any]], list[bool]]:
         """Ranked ``{"index", "score"}`` (``truncated`` when cut) and which documents were cut."""
         _require(service, Task.RERANKING, route)
-        if truncate and direction is TruncationDirection.LEFT:
-            documents = truncation.left_documents(query, documents)
         if not documents:
             raise ApiError(422, "at least one text is needed")
+        if truncate and direction is TruncationDirection.LEFT:
+            service.check_texts([query, *documents])  # limits before any tokenizing work
+            documents = await asyncio.to_thread(truncation.left_documents, query, documents)
         inference = await service.infer_pairs([(query, d) for d in documents],
                                               context_of(request.scope), len(documents) + 1)
         cut = _check_length(inference, truncate, service.engine.max_length,
