@@ -151,6 +151,10 @@ class ScanIncompleteError(SecurityError):
     """Something could not be scanned; unscanned is a failure, never a silent pass."""
 
 
+class ModelRefusedError(SecurityError):
+    """A bundle's manifest does not show a clean scan (missing summary, findings, unscanned)."""
+
+
 class IntegrityError(OnnxGuardError):
     """A hash, signature or decryption check failed."""
 
@@ -253,6 +257,19 @@ class ServeError(OnnxGuardError):
 
 class AuditLogError(ServeError):
     """The audit log cannot be opened or written; the server refuses to serve unaudited."""
+
+
+class RepositoryError(ServeError):
+    """A model repository (``NAME/VERSION/`` bundles, ``repository.toml``) is malformed, or a
+    repository action could not be done."""
+
+
+class ModelNotFoundError(RepositoryError):
+    """The repository has no model of that name."""
+
+
+class RollbackError(RepositoryError):
+    """No earlier version could be served."""
 
 
 class AuditChainError(IntegrityError):

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import typer
 
-from onnxguard.cli._options import BundleDir, Json, KeySource, Providers, PublicKey, Threads
+from onnxguard.cli._options import (
+    Json,
+    KeySource,
+    Providers,
+    PublicKey,
+    Threads,
+    must_exist,
+)
 from onnxguard.cli._output import console
 from onnxguard.errors import PathNotFoundError, UsageError
 from onnxguard.serve.settings import DocsMode, LogLevel
@@ -25,17 +32,28 @@ audit_app = typer.Typer(help="Check `onnxguard serve` audit logs.", no_args_is_h
 
 
 def serve_command(
-    bundle: BundleDir,
+    bundle: Path = typer.Argument(
+        ..., callback=must_exist, metavar="BUNDLE|REPOSITORY",
+        help="A bundle directory, or a model repository of NAME/VERSION/ bundles.",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told)."),
     port: int = typer.Option(8000, help="Port to bind."),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Model name in /v2 paths (default: the bundle's name)."
     ),
+    default_model: str | None = typer.Option(
+        None, "--default-model",
+        help="Repository: the model of requests that name none (default: the only one).",
+    ),
+    repository_poll: float = typer.Option(
+        5.0, "--repository-poll", metavar="SECONDS",
+        help="Repository: look for new, changed and removed versions this often (0: never).",
+    ),
     api_keys_file: Path | None = typer.Option(
         None,
         "--api-keys-file",
         envvar="ONNXGUARD_API_KEYS_FILE",
-        help="File of KEY_ID:SHA256_HEX[:SCOPES] lines (`onnxguard apikey new`); re-read "
+        help="File of KEY_ID:SHA256_HEX[:SCOPES[:MODELS]] lines (`onnxguard apikey new`); re-read "
         "when it changes.",
     ),
     allow_unauthenticated: bool = typer.Option(
@@ -164,7 +182,8 @@ def serve_command(
         1.0, "--cpus-per-replica", help="--ray: CPUs Ray reserves for each replica."
     ),
 ) -> None:
-    """Serve a bundle over HTTP(S): /v1 and KServe V2 endpoints, keys, limits, audit log."""
+    """Serve a bundle or a model repository over HTTP(S): /v1, KServe V2, OpenAI and TEI
+    endpoints, keys, limits, audit log; a repository's versions are swapped in live."""
     from onnxguard.serve.server import run_server
     from onnxguard.serve.settings import (
         AuditSettings,
@@ -193,6 +212,8 @@ def serve_command(
         host=host,
         port=port,
         model_name=model_name,
+        default_model=default_model,
+        repository_poll_s=repository_poll,
         api_keys_file=api_keys_file,
         allow_unauthenticated=allow_unauthenticated,
         rate_limit=RateLimit.parse(rate_limit),
@@ -255,18 +276,28 @@ def serve_command(
 @apikey_app.command("new")
 def apikey_new_command(
     key_id: str = typer.Option(..., "--id", help="Key id: names the client in the audit log."),
-    scopes: str = typer.Option("infer", help="Comma-separated: infer, metrics."),
+    scopes: str = typer.Option("infer", help="Comma-separated: infer, metrics, admin."),
+    models: str | None = typer.Option(
+        None, help="Comma-separated model names this key may use (a repository); default: all."
+    ),
     keys_file: Path | None = typer.Option(
         None, "--keys-file", help="Append the line to this keys file (created mode 0600)."
     ),
     as_json: Json = False,
 ) -> None:
     """Make a new API key: prints the secret (once) and the line for the keys file."""
-    from onnxguard.serve.auth import append_key_line, check_scopes, generate_secret, key_line
+    from onnxguard.serve.auth import (
+        append_key_line,
+        check_models,
+        check_scopes,
+        generate_secret,
+        key_line,
+    )
 
     wanted = check_scopes(scopes.split(","))
+    allowed = check_models(models.split(",")) if models is not None else None
     secret = generate_secret()
-    line = key_line(key_id, secret, wanted)
+    line = key_line(key_id, secret, wanted, allowed)
     if keys_file is not None:
         append_key_line(keys_file, line)
     if as_json:
@@ -277,6 +308,7 @@ def apikey_new_command(
                     "secret": secret,
                     "line": line,
                     "scopes": sorted(wanted),
+                    "models": sorted(allowed) if allowed is not None else None,
                     "keys_file": str(keys_file) if keys_file else None,
                 }
             )

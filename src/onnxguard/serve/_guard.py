@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from onnxguard.errors import AuditLogError
 from onnxguard.serve._authfail import AuthFailures
@@ -42,9 +43,17 @@ from onnxguard.serve._http import (
     outcome_for,
 )
 from onnxguard.serve._shared import AuditSink, Limiter
-from onnxguard.serve.auth import SCOPE_INFER, SCOPE_METRICS, SCOPES, KeyStore, Principal
+from onnxguard.serve.auth import (
+    SCOPE_ADMIN,
+    SCOPE_INFER,
+    SCOPE_METRICS,
+    SCOPES,
+    KeyStore,
+    Principal,
+)
 from onnxguard.serve.compat import COMPAT_PATHS
 from onnxguard.serve.metrics import ServeMetrics
+from onnxguard.serve.models import check_model_allowed
 from onnxguard.serve.settings import DocsMode, ServeConfig
 
 log = logging.getLogger("onnxguard.serve")
@@ -58,7 +67,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
-_V2_MODEL = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?(/ready|/config|/infer)?")
+_V2_MODEL = re.compile(r"/v2/models/([^/]+)(/versions/[^/]+)?(/ready|/config|/infer)?")
+_REPOSITORY = re.compile(r"/v2/repository/models/([^/]+)/(load|unload|rollback)")
 _ANONYMOUS = Principal("anonymous", SCOPES)
 _DIGITS = re.compile(r"[0-9]{1,15}")
 _CLOSE = (b"connection", b"close")
@@ -75,6 +85,8 @@ class RouteClass:
     scope: str | None
     """Scope a key needs; None: public."""
     audited: bool
+    model: str | None = None
+    """The model a path names (V2, repository routes): the key must be allowed to use it."""
 
 
 def classify(path: str, docs: DocsMode) -> RouteClass:
@@ -88,10 +100,18 @@ def classify(path: str, docs: DocsMode) -> RouteClass:
         if docs is DocsMode.PUBLIC:
             return RouteClass(path, None, audited=False)
         return RouteClass(path, SCOPE_INFER, audited=True)
+    if path == "/v2/repository/index":
+        return RouteClass(path, SCOPE_ADMIN, audited=True)
+    match = _REPOSITORY.fullmatch(path)
+    if match:
+        label = "/v2/repository/models/{name}/" + match.group(2)
+        return RouteClass(label, SCOPE_ADMIN, audited=True, model=match.group(1))
     match = _V2_MODEL.fullmatch(path)
     if match:
-        label = "/v2/models/{name}" + ("/versions/{version}" if match.group(1) else "")
-        return RouteClass(label + (match.group(2) or ""), SCOPE_INFER, audited=True)
+        label = "/v2/models/{name}" + ("/versions/{version}" if match.group(2) else "")
+        return RouteClass(
+            label + (match.group(3) or ""), SCOPE_INFER, audited=True, model=match.group(1)
+        )
     return RouteClass("other", SCOPE_INFER, audited=True)
 
 
@@ -111,7 +131,6 @@ class Guard:
         limiter: Limiter | None,
         audit: AuditSink | None,
         metrics: ServeMetrics,
-        model_info: Callable[[], tuple[str | None, str | None]],
         state: ServeState,
         auth_failures: AuthFailures,
         tokens: Limiter | None = None,
@@ -122,7 +141,6 @@ class Guard:
         self.limiter = limiter
         self.audit = audit
         self.metrics = metrics
-        self.model_info = model_info
         self.state = state
         self.auth_failures = auth_failures
         self.tokens = tokens
@@ -173,6 +191,9 @@ class Guard:
                 if not responder.started:
                     await responder.error(ApiError(500, "internal error"))
         finally:
+            for service in ctx.leases:  # the model version may now retire, if it was swapped
+                service.release()
+            ctx.leases.clear()
             self.metrics.in_flight.dec()
             responder.log_access()
 
@@ -192,7 +213,7 @@ class Guard:
             raise ApiError(400, "invalid Content-Length", headers={"Connection": "close"})
         if route.scope is None:
             return receive  # public routes never read (or decode) a body
-        await self._authorize(headers, route.scope, ctx)
+        await self._authorize(headers, route, ctx)
         has_body = (
             ctx.method in ("POST", "PUT", "PATCH")
             or (declared not in (None, "0"))
@@ -223,8 +244,12 @@ class Guard:
 
         return replay
 
-    async def _authorize(self, headers: dict[str, str], needed: str, ctx: RequestContext) -> None:
-        """Key, scope and per-key rate; a failed key costs the address part of its budget."""
+    async def _authorize(
+        self, headers: dict[str, str], route: RouteClass, ctx: RequestContext
+    ) -> None:
+        """Key, scope, model and per-key rate; a failed key costs the address part of its
+        budget."""
+        needed = route.scope
         if self.keys is None:
             principal = _ANONYMOUS
         else:
@@ -236,6 +261,9 @@ class Guard:
             ctx.key_id = principal.key_id
         if needed not in principal.scopes:
             raise ApiError(403, f"this API key lacks the '{needed}' scope")
+        ctx.allowed_models = principal.models
+        if route.model is not None:
+            check_model_allowed(ctx, unquote(route.model))
         ctx.tenant = principal.key_id if self.keys is not None else f"client:{ctx.client}"
         if self.limiter is not None:
             decision = self.limiter.acquire(ctx.tenant)
@@ -383,14 +411,15 @@ class _Responder:
         outcome = ctx.outcome if ctx.outcome and status >= 400 else outcome_for(status)
         ok = True
         if self.route.audited and guard.audit is not None and ctx.audit_in_full:
-            model, digest = guard.model_info()
+            digest = ctx.leases[-1].bundle_digest if ctx.leases else None
             record = {
                 "request_id": ctx.request_id,
                 "key_id": ctx.key_id,
                 "client": ctx.client,
                 "method": ctx.method,
                 "endpoint": ctx.endpoint,
-                "model": model,
+                "model": ctx.model,
+                "version": ctx.version,
                 "bundle_digest": digest,
                 "inputs": ctx.inputs,
                 "inputs_sha256": ctx.inputs_sha256,
@@ -408,6 +437,10 @@ class _Responder:
         self.status = status
         guard.metrics.requests.labels(ctx.endpoint, str(status)).inc()
         guard.metrics.latency.labels(ctx.endpoint).observe(elapsed)
+        if ctx.model is not None and ctx.version is not None:
+            outcome = ctx.outcome if ctx.outcome and status >= 400 else outcome_for(status)
+            guard.metrics.model_requests.labels(ctx.model, ctx.version, outcome).inc()
+            guard.metrics.model_latency.labels(ctx.model, ctx.version).observe(elapsed)
         return ok
 
     def log_access(self) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
 from onnxguard.errors import HTTP_OUTCOMES, ApiError
+
+if TYPE_CHECKING:
+    from onnxguard.serve.service import Service
 
 __all__ = [
     "CONTEXT_KEY",
@@ -88,6 +91,13 @@ class RequestContext:
     token budget and fair batching."""
     audit_in_full: bool = True
     """False for failed authentications counted in an ``auth_failures`` digest instead."""
+    allowed_models: frozenset[str] | None = None
+    """The models the request's key may use (None: every model)."""
+    model: str | None = None
+    version: str | None = None
+    """The model version the request ran on (set when a route leases it)."""
+    leases: list[Service] = field(default_factory=list)
+    """Services leased by the route; the guard releases them when the response is done."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

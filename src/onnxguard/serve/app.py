@@ -1,9 +1,12 @@
 """The FastAPI app: ``create_app(config) -> FastAPI``.
 
 Endpoints: ``POST /v1/classify``, ``POST /v1/embed`` (by the model's task), the Open Inference
-Protocol under ``/v2`` (see ``v2.py``), ``GET /metrics`` (Prometheus, ``metrics`` scope) and the
-OpenAPI docs (``/docs``, ``/openapi.json``; a key is needed unless ``--docs public``).  Every
-request passes the guard (``_guard.py``): keys, rate limits, body limits, audit, metrics.
+Protocol under ``/v2`` (see ``v2.py``), the OpenAI/TEI routes (``compat.py``), the model
+repository under ``/v2/repository`` (``admin.py``, ``admin`` scope), ``GET /metrics``
+(Prometheus, ``metrics`` scope) and the OpenAPI docs (``/docs``, ``/openapi.json``; a key is
+needed unless ``--docs public``).  Every request passes the guard (``_guard.py``): keys, rate
+limits, body limits, audit, metrics.  The app serves one bundle or a repository of models
+(``models.py``, ``repository.py``); routes lease the model version they run on.
 
 Schemas are strict (unknown fields, wrong types → 422; malformed JSON → 400) and every error,
 including FastAPI's own, is answered as ``{"error": "..."}``; an unexpected exception is a bare
@@ -19,6 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,12 +39,15 @@ from onnxguard.serve._authfail import AuthFailures
 from onnxguard.serve._guard import Guard
 from onnxguard.serve._http import ApiError, ServeState, context_of, error_response, json_response
 from onnxguard.serve._shared import AuditSink, Limiter, SharedState
+from onnxguard.serve.admin import add_repository_routes
 from onnxguard.serve.audit import AuditLog
 from onnxguard.serve.auth import KeyStore
 from onnxguard.serve.compat import add_compat_routes
 from onnxguard.serve.metrics import CONTENT_TYPE, ServeMetrics
+from onnxguard.serve.models import Lifecycle, ModelSet, SingleBundle
 from onnxguard.serve.ratelimit import RateLimiter
-from onnxguard.serve.service import EngineLoader, Service, default_loader
+from onnxguard.serve.repository import Repository, is_repository
+from onnxguard.serve.service import EngineLoader, Service, default_loader, token_limiter
 from onnxguard.serve.settings import DocsMode, ServeConfig
 from onnxguard.serve.v2 import make_router
 from onnxguard.tasks import Task
@@ -63,6 +70,11 @@ class TextsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     texts: list[str] = Field(min_length=1, description="The texts to run, in order.")
+    model: str | None = Field(
+        default=None,
+        max_length=256,
+        description="NAME or NAME/VERSION (a repository); default: the server's default model.",
+    )
 
 
 class ClassificationResult(BaseModel):
@@ -119,7 +131,7 @@ class ServerHandles:
     """What an embedding program (or a test) may want to reach: kept on ``app.state.onnxguard``."""
 
     config: ServeConfig
-    service: Service
+    lifecycle: Lifecycle
     metrics: ServeMetrics
     keys: KeyStore | None
     audit: AuditSink | None
@@ -128,16 +140,31 @@ class ServerHandles:
     shared: SharedState = field(default_factory=SharedState)
 
     @property
+    def models(self) -> ModelSet:
+        return self.lifecycle.models
+
+    @property
+    def service(self) -> Service:
+        """The one model of a single-bundle server."""
+        if not isinstance(self.lifecycle, SingleBundle):
+            raise TypeError("a repository server has one service per model version")
+        return self.lifecycle.service
+
+    @property
+    def local_ready(self) -> bool:
+        """This process: the models are loaded and the audit log (if any) is writable."""
+        return self.lifecycle.ready and (self.audit is None or self.audit.healthy)
+
+    @property
     def ready(self) -> bool:
-        """Serving: the model is ready and the audit log (when there is one) is writable; with
-        replicas, every replica is ready too."""
-        local = self.service.ready and (self.audit is None or self.audit.healthy)
+        """Serving: ``local_ready``; with replicas, every replica is ready too."""
+        local = self.local_ready
         return self.shared.ready(local) if self.shared.ready is not None else local
 
     def drain(self) -> None:
         """SIGTERM: answer with ``Connection: close``, run queued texts without waiting."""
         self.state.draining = True
-        self.service.drain()
+        self.lifecycle.drain()
 
 
 def create_app(
@@ -148,21 +175,36 @@ def create_app(
     on_fatal: Callable[[BaseException], None] | None = None,
     shared: SharedState | None = None,
 ) -> FastAPI:
-    """Build the app.  The bundle is verified and loaded after the server starts (readiness
-    follows); a failure calls ``on_fatal`` (the CLI stops the server with the error).
-    ``shared`` replaces the local rate limits, audit log, readiness and metrics with ones that
-    several replicas share (``serve --ray``)."""
+    """Build the app.  The bundle (or the repository's models) is verified and loaded after the
+    server starts (readiness follows); a failure calls ``on_fatal`` (the CLI stops the server
+    with the error).  ``shared`` replaces the local rate limits, audit log, readiness and
+    metrics with ones that several replicas share (``serve --ray``)."""
     config.check()
     if keys is None and config.api_keys_file is not None:
         keys = KeyStore.from_file(config.api_keys_file)
     shared = shared or SharedState()
     metrics = ServeMetrics()
-    service = Service(config, metrics, loader or default_loader(config), tokens=shared.tokens)
+    tokens: Limiter | None = shared.tokens
+    if tokens is None and config.token_limit is not None:
+        tokens = token_limiter(config.token_limit)  # one budget per key across every model
     limiter: Limiter | None = shared.limiter
     if limiter is None and config.rate_limit is not None:
         limiter = RateLimiter(config.rate_limit)
     audit: AuditSink | None = shared.audit or _audit_log(config)
     auth_failures = AuthFailures(config.limits.auth_failures_per_minute)
+    lifecycle: Lifecycle
+    repository: Repository | None = None
+    if is_repository(Path(config.bundle)):
+        if loader is not None:
+            raise TypeError("a repository loads each version with its own loader")
+        repository = Repository(
+            config, metrics, tokens=tokens, audit=audit, on_ready=lambda: metrics.ready.set(1)
+        )
+        lifecycle = repository
+    else:
+        service = Service(config, metrics, loader or default_loader(config), tokens=tokens)
+        lifecycle = SingleBundle(service, on_ready=lambda: metrics.ready.set(1))
+    models = lifecycle.models
 
     def fatal(exc: BaseException) -> None:
         if on_fatal is not None:
@@ -177,9 +219,12 @@ def create_app(
                 fatal(exc)
                 raise
 
+        if repository is not None:
+            repository.bind_loop(asyncio.get_running_loop())
+
         async def load() -> None:
             try:
-                await asyncio.to_thread(service.load)
+                await asyncio.to_thread(lifecycle.start)
             except Exception as exc:
                 message = getattr(exc, "message", None) or type(exc).__name__
                 log.error("the model could not be loaded, the server stops: %s", message)
@@ -191,7 +236,8 @@ def create_app(
         finally:
             if not task.done():
                 task.cancel()
-            await asyncio.to_thread(service.stop)
+            metrics.ready.set(0)
+            await asyncio.to_thread(lifecycle.stop)
             if audit is not None:
                 for summary in auth_failures.due(everything=True):
                     with contextlib.suppress(AuditLogError):
@@ -211,17 +257,15 @@ def create_app(
         telemetry=_TELEMETRY_OFF,
     )
     handles = ServerHandles(
-        config, service, metrics, keys, audit, ServeState(), auth_failures, shared
+        config, lifecycle, metrics, keys, audit, ServeState(), auth_failures, shared
     )
     app.state.onnxguard = handles
     _install_error_handlers(app)
-    _add_v1_routes(app, service, metrics, shared)
-    add_compat_routes(app, service)
-    app.include_router(make_router(service, lambda: handles.ready))
-    _openapi_for_the_task(app, service)
-
-    def model_info() -> tuple[str | None, str | None]:
-        return service.model_name, service.bundle_digest
+    _add_v1_routes(app, models, metrics, shared)
+    add_compat_routes(app, models)
+    app.include_router(make_router(models, lambda: handles.ready))
+    add_repository_routes(app, repository, models)
+    _openapi_for_the_task(app, models)
 
     app.add_middleware(
         Guard,
@@ -230,10 +274,9 @@ def create_app(
         limiter=limiter,
         audit=audit,  # type: ignore[arg-type]
         metrics=metrics,
-        model_info=model_info,
         state=handles.state,
         auth_failures=auth_failures,
-        tokens=service.tokens,
+        tokens=tokens,
     )
     if config.cors_origins:
         app.add_middleware(
@@ -269,15 +312,17 @@ def _audit_log(config: ServeConfig) -> AuditLog | None:
     )
 
 
-def _openapi_for_the_task(app: FastAPI, service: Service) -> None:
-    """The OpenAPI document says what the server answers: only the V1 route of the bundle's
-    task (once it is known), and no 422 on V2 routes."""
+def _openapi_for_the_task(app: FastAPI, models: ModelSet) -> None:
+    """The OpenAPI document says what the server answers: only the V1 routes of the served
+    models' tasks (once they are known), and no 422 on V2 routes."""
     generate = app.openapi
     cached: dict[str, Any] = {}
 
     def openapi() -> dict[str, Any]:
-        if "schema" in cached:
+        key = tuple((s.name, s.version) for s in models.served())
+        if cached.get("key") == key and "schema" in cached:
             return cached["schema"]  # type: ignore[no-any-return]
+        cached["key"] = key
         app.openapi_schema = None
         schema = copy.deepcopy(generate())
         paths = schema.get("paths", {})
@@ -285,10 +330,14 @@ def _openapi_for_the_task(app: FastAPI, service: Service) -> None:
             if path.startswith("/v2"):  # FastAPI adds 422 for path parameters; V2 answers 400
                 for operation in operations.values():
                     operation.get("responses", {}).pop("422", None)
-        if not service.ready:
+        served = models.served()
+        if not served:
             return schema
-        wrong = "/v1/classify" if service.engine.task is Task.FEATURE_EXTRACTION else "/v1/embed"
-        paths.pop(wrong, None)
+        tasks = {s.service.engine.task for s in served}
+        if Task.FEATURE_EXTRACTION not in tasks:
+            paths.pop("/v1/embed", None)
+        if tasks == {Task.FEATURE_EXTRACTION}:
+            paths.pop("/v1/classify", None)
         cached["schema"] = schema
         return schema
 
@@ -296,7 +345,7 @@ def _openapi_for_the_task(app: FastAPI, service: Service) -> None:
 
 
 def _add_v1_routes(
-    app: FastAPI, service: Service, metrics: ServeMetrics, shared: SharedState
+    app: FastAPI, models: ModelSet, metrics: ServeMetrics, shared: SharedState
 ) -> None:
     @app.post(
         "/v1/classify",
@@ -307,7 +356,9 @@ def _add_v1_routes(
         openapi_extra=_TEXTS_BODY,
     )
     async def classify(request: Request) -> Response:
-        texts = await _read_texts(request)
+        body = await _read_texts(request)
+        texts = body.texts
+        service = models.lease(context_of(request.scope), body.model)
         engine = service.engine
         if engine.task is Task.FEATURE_EXTRACTION:
             raise ApiError(400, "this model computes embeddings: use POST /v1/embed")
@@ -330,7 +381,9 @@ def _add_v1_routes(
         openapi_extra=_TEXTS_BODY,
     )
     async def embed(request: Request) -> Response:
-        texts = await _read_texts(request)
+        body = await _read_texts(request)
+        texts = body.texts
+        service = models.lease(context_of(request.scope), body.model)
         engine = service.engine
         if engine.task is not Task.FEATURE_EXTRACTION:
             raise ApiError(400, f"this model is {engine.task.value}: use POST /v1/classify")
@@ -374,7 +427,7 @@ _TEXTS_BODY: dict[str, Any] = {
 }
 
 
-async def _read_texts(request: Request) -> list[str]:
+async def _read_texts(request: Request) -> TextsRequest:
     """The ``texts`` of a JSON body: 415 unless JSON, 400 if malformed, 422 if off-schema."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not (
@@ -389,7 +442,7 @@ async def _read_texts(request: Request) -> list[str]:
         if any(e.get("type") == "json_invalid" for e in errors):
             raise ApiError(400, "request body is not valid JSON") from None
         raise ApiError(422, _describe(errors)) from None
-    return parsed.texts
+    return parsed
 
 
 def _describe(errors: Sequence[Any]) -> str:

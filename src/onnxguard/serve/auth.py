@@ -3,7 +3,9 @@
 The file holds only SHA-256 digests of the keys (keys are 256-bit random, so a plain digest is
 enough: there is nothing to brute-force).  A line may end with ``:scope1,scope2``; without it the
 key has the ``infer`` scope, so files written before scopes existed keep working.  Scopes:
-``infer`` (inference and model metadata) and ``metrics`` (``/metrics``).
+``infer`` (inference and model metadata), ``metrics`` (``/metrics``) and ``admin`` (the model
+repository: index, load, unload, rollback).  A fourth field ``:model1,model2`` restricts the key
+to those models of a repository (absent: every model).
 
 A presented key is hashed once and compared with every digest in constant time
 (``hmac.compare_digest``, no early exit), so timing tells nothing about which keys exist.  The
@@ -35,10 +37,13 @@ log = logging.getLogger("onnxguard.serve")
 
 SCOPE_INFER = "infer"
 SCOPE_METRICS = "metrics"
-SCOPES = frozenset({SCOPE_INFER, SCOPE_METRICS})
+SCOPE_ADMIN = "admin"
+SCOPES = frozenset({SCOPE_INFER, SCOPE_METRICS, SCOPE_ADMIN})
 DEFAULT_SCOPES = frozenset({SCOPE_INFER})
 KEY_PREFIX = "ogk_"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""A model's name in the paths, the repository and a key's model list."""
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _TOKEN = re.compile(r"[\x21-\x7e]{16,512}")
 _RELOAD_INTERVAL_S = 2.0
@@ -49,6 +54,8 @@ class ApiKey:
     key_id: str
     digest: bytes
     scopes: frozenset[str]
+    models: frozenset[str] | None = None
+    """The models this key may use; None: every model."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,10 @@ class Principal:
 
     key_id: str
     scopes: frozenset[str]
+    models: frozenset[str] | None = None
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
 
 
 def generate_secret() -> str:
@@ -68,13 +79,22 @@ def digest_of(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def key_line(key_id: str, secret: str, scopes: Iterable[str] = DEFAULT_SCOPES) -> str:
-    """The keys-file line for ``secret``; the scope suffix only when it differs from the default."""
+def key_line(
+    key_id: str,
+    secret: str,
+    scopes: Iterable[str] = DEFAULT_SCOPES,
+    models: Iterable[str] | None = None,
+) -> str:
+    """The keys-file line for ``secret``; the scope suffix only when it differs from the default
+    (or models follow), the model list only when the key is restricted."""
     check_key_id(key_id)
     wanted = check_scopes(scopes)
+    allowed = check_models(models) if models is not None else None
     line = f"{key_id}:{digest_of(secret)}"
-    if wanted != DEFAULT_SCOPES:
+    if wanted != DEFAULT_SCOPES or allowed is not None:
         line += ":" + ",".join(sorted(wanted))
+    if allowed is not None:
+        line += ":" + ",".join(sorted(allowed))
     return line
 
 
@@ -98,6 +118,18 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
     return wanted
 
 
+def check_models(models: Iterable[str]) -> frozenset[str]:
+    wanted = frozenset(m.strip() for m in models if m.strip())
+    bad = sorted(m for m in wanted if not MODEL_NAME.fullmatch(m))
+    if bad or not wanted:
+        raise UsageError(
+            f"model names not allowed: {', '.join(repr(m) for m in bad) or '(none)'}",
+            hint="name models with letters, digits, '.', '_' and '-' (up to 128), "
+            "comma-separated",
+        )
+    return wanted
+
+
 def parse_keys(text: str, source: str = "API keys file") -> tuple[ApiKey, ...]:
     """Parse keys-file text; any malformed line refuses the whole file (fail closed)."""
     keys: list[ApiKey] = []
@@ -109,12 +141,12 @@ def parse_keys(text: str, source: str = "API keys file") -> tuple[ApiKey, ...]:
         parts = line.split(":")
         where = f"{source} line {number}"
         if (
-            len(parts) not in (2, 3)
+            len(parts) not in (2, 3, 4)
             or not _ID.fullmatch(parts[0].strip())
             or not _HEX.fullmatch(parts[1].strip())
         ):
             raise ServeError(
-                f"{where} is not KEY_ID:SHA256_HEX[:SCOPES]",
+                f"{where} is not KEY_ID:SHA256_HEX[:SCOPES[:MODELS]]",
                 hint="make lines with `onnxguard apikey new --id NAME`; the key itself never "
                 "goes into the file, only its sha256",
             )
@@ -126,10 +158,11 @@ def parse_keys(text: str, source: str = "API keys file") -> tuple[ApiKey, ...]:
             )
         seen.add(key_id)
         try:
-            scopes = check_scopes(parts[2].split(",")) if len(parts) == 3 else DEFAULT_SCOPES
+            scopes = check_scopes(parts[2].split(",")) if len(parts) >= 3 else DEFAULT_SCOPES
+            models = check_models(parts[3].split(",")) if len(parts) == 4 else None
         except UsageError as exc:
             raise ServeError(f"{where}: {exc.message}", hint=exc.hint) from None
-        keys.append(ApiKey(key_id, bytes.fromhex(parts[1].strip()), scopes))
+        keys.append(ApiKey(key_id, bytes.fromhex(parts[1].strip()), scopes, models))
     return tuple(keys)
 
 
@@ -208,7 +241,9 @@ class KeyStore:
         for key in self._keys:  # no early exit: the time does not depend on which key matched
             if hmac.compare_digest(presented, key.digest):
                 found = key
-        return Principal(found.key_id, found.scopes) if found is not None else None
+        if found is None:
+            return None
+        return Principal(found.key_id, found.scopes, found.models)
 
     def _file_stamp(self) -> tuple[int, int, int, int] | None:
         if self._path is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import weakref
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, Literal
@@ -33,6 +34,7 @@ from tokenizers import Encoding, Tokenizer
 from onnxguard import __version__
 from onnxguard.runtime import rank_results, softmax
 from onnxguard.serve._http import ApiError, context_of, json_response
+from onnxguard.serve.models import ModelSet
 from onnxguard.serve.service import Inference, Service
 from onnxguard.tasks import Task
 
@@ -256,27 +258,39 @@ def _require(service: Service, task: Task, route: str) -> None:
                        f"{task.value} model")
 
 
-def add_compat_routes(app: FastAPI, service: Service) -> None:
-    """Register the OpenAI and TEI routes on ``app`` (the guard already covers every path)."""
-    truncation = _Truncation(service)
+def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
+    """Register the OpenAI and TEI routes on ``app`` (the guard already covers every path).
 
-    async def run(request: Request, texts: list[str], truncate: bool,
+    Each handler leases its model version first (``model`` in the OpenAI and Cohere bodies;
+    the TEI routes, which have no such field, use the server's default model)."""
+    truncations: weakref.WeakKeyDictionary[Service, _Truncation] = weakref.WeakKeyDictionary()
+
+    def truncation_for(service: Service) -> _Truncation:
+        found = truncations.get(service)
+        if found is None:
+            found = truncations[service] = _Truncation(service)
+        return found
+
+    def lease(request: Request, model: str | None = None) -> Service:
+        return models.lease(context_of(request.scope), model)
+
+    async def run(service: Service, request: Request, texts: list[str], truncate: bool,
                   direction: TruncationDirection,
                   fix: str = "shorten it, or send truncate: true to cut it there",
                   ) -> tuple[Inference, list[bool]]:
         if truncate and direction is TruncationDirection.LEFT:
             service.check_texts(texts)  # limits before any tokenizing work
-            texts = await asyncio.to_thread(truncation.left, texts)
+            texts = await asyncio.to_thread(truncation_for(service).left, texts)
         inference = await service.infer(texts, context_of(request.scope))
         return inference, _check_length(inference, truncate, service.engine.max_length, fix)
 
     @app.post("/v1/embeddings", tags=["openai"], summary="OpenAI-compatible embeddings")
     async def openai_embeddings(request: Request) -> Response:
         body: OpenAIEmbeddingsRequest = await _parse(request, _OPENAI)
+        service = lease(request, body.model)
         _require(service, Task.FEATURE_EXTRACTION, "/v1/embeddings")
-        if body.model is not None and body.model != service.model_name:
-            raise ApiError(404, "unknown model; GET /info names the model served here")
-        inference, _ = await run(request, _texts(body.input), False, TruncationDirection.RIGHT,
+        inference, _ = await run(service, request, _texts(body.input), False,
+                                 TruncationDirection.RIGHT,
                                  fix="shorten it (or use /embed with truncate: true)")
         vectors = _embeddings(service, inference, normalize=False, dimensions=body.dimensions)
         data = []
@@ -290,9 +304,10 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
 
     async def tei_embed(request: Request) -> Response:
         body: TEIEmbedRequest = await _parse(request, _EMBED)
+        service = lease(request)
         _require(service, Task.FEATURE_EXTRACTION, "/embed")
         _no_prompts(body.prompt_name)
-        inference, cut = await run(request, _texts(body.inputs), body.truncate,
+        inference, cut = await run(service, request, _texts(body.inputs), body.truncate,
                                    body.truncation_direction)
         vectors = _embeddings(service, inference, body.normalize, body.dimensions)
         headers = {"X-Truncated-Inputs": str(sum(cut))} if any(cut) else None
@@ -300,6 +315,7 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
 
     async def tei_predict(request: Request) -> Response:
         body: TEIPredictRequest = await _parse(request, _PREDICT)
+        service = lease(request)
         single, pairs = _predict_inputs(service, body.inputs)
         if pairs is not None:
             if body.truncation_direction is TruncationDirection.LEFT and body.truncate:
@@ -311,7 +327,8 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
         else:
             _require(service, Task.TEXT_CLASSIFICATION, "/predict")
             texts = [t for t in _texts_or_pairs(body.inputs) if isinstance(t, str)]
-            inference, cut = await run(request, texts, body.truncate, body.truncation_direction)
+            inference, cut = await run(service, request, texts, body.truncate,
+                                       body.truncation_direction)
         engine = service.engine
         logits = np.stack(inference.rows).astype(np.float64)
         parameters = body.parameters or PredictParameters()
@@ -327,8 +344,8 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
         payload: Any = results[0] if single else results
         return json_response(payload, headers=headers)
 
-    async def rerank(request: Request, query: str, documents: list[str], truncate: bool,
-                     direction: TruncationDirection, raw_scores: bool, route: str,
+    async def rerank(service: Service, request: Request, query: str, documents: list[str],
+                     truncate: bool, direction: TruncationDirection, raw_scores: bool, route: str,
                      ) -> tuple[list[dict[str, Any]], list[bool]]:
         """Ranked ``{"index", "score"}`` (``truncated`` when cut) and which documents were cut."""
         _require(service, Task.RERANKING, route)
@@ -336,7 +353,9 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
             raise ApiError(422, "at least one text is needed")
         if truncate and direction is TruncationDirection.LEFT:
             service.check_texts([query, *documents])  # limits before any tokenizing work
-            documents = await asyncio.to_thread(truncation.left_documents, query, documents)
+            documents = await asyncio.to_thread(
+                truncation_for(service).left_documents, query, documents
+            )
         inference = await service.infer_pairs([(query, d) for d in documents],
                                               context_of(request.scope), len(documents) + 1)
         cut = _check_length(inference, truncate, service.engine.max_length,
@@ -346,7 +365,7 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
 
     async def tei_rerank(request: Request) -> Response:
         body: TEIRerankRequest = await _parse(request, _RERANK)
-        ranked, cut = await rerank(request, body.query, body.texts, body.truncate,
+        ranked, cut = await rerank(lease(request), request, body.query, body.texts, body.truncate,
                                    body.truncation_direction, body.raw_scores, "/rerank")
         if body.return_text:
             for item in ranked:
@@ -358,11 +377,10 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
     async def cohere_rerank(request: Request) -> Response:
         """Cohere cuts over-long documents; here the cut is reported (meta and header)."""
         body: CohereRerankRequest = await _parse(request, _COHERE_RERANK)
-        if body.model is not None and body.model != service.model_name:
-            raise ApiError(404, "unknown model; GET /info names the model served here")
+        service = lease(request, body.model)
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        ranked, cut = await rerank(request, body.query, texts, True, TruncationDirection.RIGHT,
-                                   False, "/v1/rerank")
+        ranked, cut = await rerank(service, request, body.query, texts, True,
+                                   TruncationDirection.RIGHT, False, "/v1/rerank")
         results = []
         for item in ranked[:body.top_n]:
             result: dict[str, Any] = {"index": item["index"], "relevance_score": item["score"]}
@@ -379,6 +397,7 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/", tags=["tei"], summary="TEI: the route of this model's kind")
     async def tei_root(request: Request) -> Response:
+        service = models.lease(None)  # which route: the lease is taken by the route itself
         if service.engine.task is Task.FEATURE_EXTRACTION:
             return await tei_embed(request)
         if service.engine.task is Task.RERANKING:
@@ -388,6 +407,7 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
     @app.post("/tokenize", tags=["tei"], summary="TEI: tokenize texts")
     async def tei_tokenize(request: Request) -> Response:
         body: TEITokenizeRequest = await _parse(request, _TOKENIZE)
+        service = lease(request)
         _no_prompts(body.prompt_name)
         texts = _texts(body.inputs)
         service.check_texts(texts)
@@ -397,7 +417,8 @@ def add_compat_routes(app: FastAPI, service: Service) -> None:
                                                                    strict=True)])
 
     @app.get("/info", tags=["tei"], summary="TEI: what is served")
-    async def tei_info() -> Response:
+    async def tei_info(request: Request) -> Response:
+        service = lease(request)
         engine = service.engine
         kind: dict[str, Any]
         if engine.task is Task.FEATURE_EXTRACTION:

@@ -94,7 +94,26 @@ class ServeMetrics:
         self.model = Gauge(
             "onnxguard_model_info",
             "The model served (value is always 1).",
-            ["model", "task", "precision", "bundle_digest"],
+            ["model", "version", "task", "precision", "bundle_digest"],
+            registry=r,
+        )
+        self.model_requests = Counter(
+            "onnxguard_model_requests",
+            "Inference requests by model version and outcome (ok, client_error, error, ...).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.model_latency = Histogram(
+            "onnxguard_model_request_duration_seconds",
+            "Time from request arrival to response start, by model version.",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lifecycle = Counter(
+            "onnxguard_model_lifecycle",
+            "Model repository events by model and action (load, unload, rollback, refused).",
+            ["model", "action"],
             registry=r,
         )
         self.connections_open = Gauge(

@@ -318,9 +318,8 @@ class Replica:
         engine = self.engine
         app = create_app(self.config, loader=lambda: engine, shared=self.shared)
         handles = app.state.onnxguard
-        audit = self.shared_audit
         self.link.start(
-            lambda: handles.service.ready and (audit is None or audit.healthy),
+            lambda: handles.local_ready,
             handles.metrics.render,
         )
         return app
@@ -487,6 +486,14 @@ def run_ray_service(config: ServeConfig, options: RayOptions) -> None:
     from onnxguard.serve.server import check_startup
 
     check_startup(config)
+    from onnxguard.serve.repository import is_repository
+
+    if is_repository(Path(config.bundle)):
+        raise UsageError(
+            f"{config.bundle} is a model repository; --ray serves one bundle",
+            hint="serve one version with --ray (e.g. REPO/NAME/VERSION), or the repository "
+            "without --ray",
+        )
     service = RayService(config, options)
     stop = threading.Event()
     previous: dict[signal.Signals, Any] = {}

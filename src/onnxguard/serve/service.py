@@ -4,22 +4,28 @@ Loading runs in a thread after the server has bound its port, so liveness answer
 readiness waits for the bundle to be verified, loaded and warmed up (the first ONNX Runtime calls
 allocate memory and pick kernels; a warmed server answers its first request at full speed).  A
 bundle that fails verification stops the server (fail closed): it is never half-ready.
+
+One ``Service`` is one model version.  A request *leases* the service it runs on (``acquire`` /
+``release``, see ``models.ModelSet``); a version that is swapped out is ``retire``d: it stops only
+once every lease is back, so requests in flight finish on the version they started on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Encoding
 
 from onnxguard.errors import (
     InferenceFailedError,
+    ModelRefusedError,
     OverloadedError,
     RequestTimeoutError,
     StoppedError,
@@ -61,7 +67,7 @@ def default_loader(config: ServeConfig) -> EngineLoader:
     def load() -> Engine:
         from onnxguard.runtime import Engine
 
-        return Engine.from_bundle(
+        engine = Engine.from_bundle(
             config.bundle,
             public_key=config.public_key,
             key_source=config.key_source,
@@ -70,8 +76,31 @@ def default_loader(config: ServeConfig) -> EngineLoader:
             batch_size=config.batching.max_batch,
             session_config={} if config.ort_spinning else _NO_SPINNING,
         )
+        check_scan_summary(engine.manifest.stages.get("scan"), config.bundle)
+        return engine
 
     return load
+
+
+def check_scan_summary(scan: Any, bundle: Any) -> None:
+    """Serve only what the build's scanner passed: the manifest (hashed, signed) must carry the
+    source and bundle scan summaries, with nothing unscanned and nothing high or critical."""
+    if not isinstance(scan, dict) or not all(
+        isinstance(scan.get(part), dict) for part in ("source", "bundle")
+    ):
+        raise ModelRefusedError(
+            f"bundle {bundle} carries no scan summary in its manifest",
+            hint="rebuild it with `onnxguard build` (every build scans the source and bundle)",
+        )
+    for part in ("source", "bundle"):
+        summary = scan[part]
+        worst = summary.get("max_severity")
+        if summary.get("unscanned") or worst in ("high", "critical"):
+            raise ModelRefusedError(
+                f"bundle {bundle}: its {part} scan reports "
+                + (f"{worst} findings" if worst in ("high", "critical") else "unscanned files"),
+                hint=f"inspect it with `onnxguard scan {bundle}`; rebuild from a clean source",
+            )
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,8 @@ class Service:
     ) -> None:
         self.config = config
         self.metrics = metrics
+        self.version = "1"
+        """The version this service is in its model's repository (a single bundle: "1")."""
         self._loader = loader
         self._engine: Engine | None = None
         self._batcher: Batcher | None = None
@@ -102,6 +133,8 @@ class Service:
         self._stopped = False
         self._lock = threading.Lock()
         self.load_seconds: float | None = None
+        self._leases = 0
+        self._released = threading.Condition()
         self.tokens: Limiter | None = tokens
         if tokens is None and config.token_limit is not None:
             self.tokens = token_limiter(config.token_limit)
@@ -149,13 +182,7 @@ class Service:
             self._engine, self._batcher = engine, batcher
             batcher.start()
         self.load_seconds = time.monotonic() - started
-        self.metrics.model.labels(
-            self.model_name or engine.name,
-            engine.task.value,
-            engine.manifest.precision,
-            engine.digest,
-        ).set(1)
-        self.metrics.ready.set(1)
+        self.metrics.model.labels(*self._info_labels()).set(1)
         self._ready.set()
         log.info(
             "model %s ready: %s, %s, %d intra-op threads, providers %s (%.1f s)",
@@ -166,6 +193,40 @@ class Service:
             ",".join(engine.providers),
             self.load_seconds,
         )
+
+    def _info_labels(self) -> tuple[str, str, str, str, str]:
+        engine = self._engine
+        assert engine is not None
+        name = self.model_name or engine.name
+        return name, self.version, engine.task.value, engine.manifest.precision, engine.digest
+
+    # --- leases (hot swap) ---------------------------------------------------------------------
+    def acquire(self) -> None:
+        """A request will run on this service (called under the model set's lock)."""
+        with self._released:
+            self._leases += 1
+
+    def release(self) -> None:
+        with self._released:
+            self._leases -= 1
+            if self._leases <= 0:
+                self._released.notify_all()
+
+    @property
+    def leases(self) -> int:
+        return self._leases
+
+    def retire(self) -> None:
+        """Stop once the requests that leased this service are done (bounded by the graceful
+        timeout); it is no longer reachable, so no new lease can come."""
+        deadline = time.monotonic() + self.config.graceful_timeout_s
+        with self._released:
+            while self._leases > 0 and time.monotonic() < deadline:
+                self._released.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if self._engine is not None:
+            with contextlib.suppress(KeyError):
+                self.metrics.model.remove(*self._info_labels())
+        self.stop()
 
     def _warm_up(self, engine: Engine) -> None:
         """A few calls at the batch shapes the server will see, before the first request."""
@@ -190,7 +251,6 @@ class Service:
             self._stopped = True
             batcher = self._batcher
         self._ready.clear()
-        self.metrics.ready.set(0)
         if batcher is not None:
             batcher.stop(timeout=self.config.graceful_timeout_s)
 

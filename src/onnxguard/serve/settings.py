@@ -223,10 +223,16 @@ class ServeConfig:
     """Everything ``onnxguard serve`` needs; defaults are the secure ones."""
 
     bundle: Path
+    """A bundle, or a model repository of ``NAME/VERSION/`` bundles (``repository.py``)."""
     host: str = "127.0.0.1"
     port: int = 8000
     model_name: str | None = None
-    """Name in the V2 paths; default: the bundle's name."""
+    """Name in the V2 paths; default: the bundle's name (a repository: the directory names)."""
+    default_model: str | None = None
+    """A repository: the model of requests that name none (default: the only one)."""
+    repository_poll_s: float = 5.0
+    """A repository: seconds between looks for new, changed and removed versions (0: never;
+    the admin routes still load and unload)."""
     api_keys_file: Path | None = None
     allow_unauthenticated: bool = False
     """Escape hatch for local experiments: no key needed (rate limits then apply per client)."""
@@ -283,6 +289,12 @@ class ServeConfig:
                 f"model name {self.model_name!r} is not allowed",
                 hint="use letters, digits, '.', '_' and '-' (up to 128)",
             )
+        if self.default_model is not None and not re.fullmatch(
+            r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", self.default_model
+        ):
+            raise UsageError(f"--default-model {self.default_model!r} is not a model name")
+        if not 0 <= self.repository_poll_s <= 86_400:
+            raise UsageError("--repository-poll must be 0 (off) to 86400 seconds")
         for origin in self.cors_origins:
             if origin == "*" or not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise UsageError(

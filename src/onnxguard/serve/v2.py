@@ -35,6 +35,7 @@ from starlette.responses import Response
 
 from onnxguard import __version__
 from onnxguard.serve._http import ApiError, context_of, error_response, json_response, shown
+from onnxguard.serve.models import ModelSet
 from onnxguard.serve.service import Inference, Service
 from onnxguard.tasks import Task
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from onnxguard.runtime import Engine
 
 INPUT_NAME = "text"
-MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
 _HEADER_LENGTH = "inference-header-content-length"
@@ -348,6 +348,7 @@ def _top_k(engine: Engine, name: str, values: np.ndarray, k: int) -> OutputTenso
 
 def encode_response(
     model_name: str,
+    model_version: str,
     request_id: str | None,
     outputs: list[tuple[OutputTensor, bool]],
     binary_default: bool,
@@ -378,7 +379,7 @@ def encode_response(
         entries.append(entry)
     document: dict[str, Any] = {
         "model_name": model_name,
-        "model_version": MODEL_VERSION,
+        "model_version": model_version,
         "outputs": entries,
     }
     if request_id is not None:
@@ -457,19 +458,17 @@ _V2_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class _V2Routes:
-    """The V2 handlers, bound to the service (one small method per route)."""
+    """The V2 handlers, bound to the model set (one small method per route)."""
 
-    def __init__(self, service: Service, is_ready: Callable[[], bool]) -> None:
-        self.service = service
+    def __init__(self, models: ModelSet, is_ready: Callable[[], bool]) -> None:
+        self.models = models
         self.is_ready = is_ready
 
-    def engine_for(self, model_name: str, version: str | None = None) -> Engine:
-        service = self.service
-        engine = service.engine  # 503 until ready
-        if model_name != service.model_name or version not in (None, MODEL_VERSION):
-            suffix = f" version {shown(version, 16)}" if version else ""
-            raise ApiError(404, f"unknown model {shown(model_name)}{suffix}")
-        return engine
+    def lease(self, request: Request, model_name: str, version: str | None) -> Service:
+        """The named model version (404 unknown, 503 not ready), leased for this request."""
+        service = self.models.lease(context_of(request.scope), model_name, version)
+        service.engine  # noqa: B018 (503 until it is ready)
+        return service
 
     async def server_metadata(self) -> Response:
         return json_response(
@@ -484,35 +483,38 @@ class _V2Routes:
             return json_response({"ready": True})
         return error_response(503, "not ready", {"Retry-After": "1"})
 
-    def metadata(self, model_name: str, version: str | None) -> Response:
-        engine = self.engine_for(model_name, version)
+    def metadata(self, request: Request, model_name: str, version: str | None) -> Response:
+        service = self.lease(request, model_name, version)
+        engine = service.engine
+        versions = [str(v) for v in sorted(self.models.versions_of(model_name))]
         return json_response(
             {
-                "name": self.service.model_name,
-                "versions": [MODEL_VERSION],
+                "name": model_name,
+                "versions": versions if version is None else [version],
                 "platform": PLATFORM,
                 "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [spec.__dict__ for spec in output_specs(engine)],
             }
         )
 
-    def model_ready(self, model_name: str, version: str | None) -> Response:
-        self.engine_for(model_name, version)
-        return json_response({"name": self.service.model_name, "ready": True})
+    def model_ready(self, request: Request, model_name: str, version: str | None) -> Response:
+        self.lease(request, model_name, version)
+        return json_response({"name": model_name, "ready": True})
 
-    def config(self, model_name: str, version: str | None) -> Response:
-        engine = self.engine_for(model_name, version)
-        return json_response(triton_config(self.service, engine))
+    def config(self, request: Request, model_name: str, version: str | None) -> Response:
+        service = self.lease(request, model_name, version)
+        return json_response(triton_config(service, service.engine))
 
     async def infer(self, request: Request, model_name: str, version: str | None) -> Response:
-        service = self.service
-        engine = self.engine_for(model_name, version)
+        service = self.lease(request, model_name, version)
+        engine = service.engine
         body = await request.body()
         parsed = parse_infer_request(body, request.headers.get(_HEADER_LENGTH))
         inference = await service.infer(parsed.texts, context_of(request.scope))
         outputs = build_outputs(engine, inference, parsed.outputs)
         payload, header_length = encode_response(
-            service.model_name or engine.name,
+            model_name,
+            service.version,
             parsed.id,
             outputs,
             parsed.binary_default,
@@ -527,23 +529,27 @@ class _V2Routes:
         )
 
     # Each model route twice: without and with /versions/{model_version} (tritonclient uses both).
-    async def get_metadata(self, model_name: str) -> Response:
-        return self.metadata(model_name, None)
+    async def get_metadata(self, request: Request, model_name: str) -> Response:
+        return self.metadata(request, model_name, None)
 
-    async def get_metadata_v(self, model_name: str, model_version: str) -> Response:
-        return self.metadata(model_name, model_version)
+    async def get_metadata_v(
+        self, request: Request, model_name: str, model_version: str
+    ) -> Response:
+        return self.metadata(request, model_name, model_version)
 
-    async def get_ready(self, model_name: str) -> Response:
-        return self.model_ready(model_name, None)
+    async def get_ready(self, request: Request, model_name: str) -> Response:
+        return self.model_ready(request, model_name, None)
 
-    async def get_ready_v(self, model_name: str, model_version: str) -> Response:
-        return self.model_ready(model_name, model_version)
+    async def get_ready_v(self, request: Request, model_name: str, model_version: str) -> Response:
+        return self.model_ready(request, model_name, model_version)
 
-    async def get_config(self, model_name: str) -> Response:
-        return self.config(model_name, None)
+    async def get_config(self, request: Request, model_name: str) -> Response:
+        return self.config(request, model_name, None)
 
-    async def get_config_v(self, model_name: str, model_version: str) -> Response:
-        return self.config(model_name, model_version)
+    async def get_config_v(
+        self, request: Request, model_name: str, model_version: str
+    ) -> Response:
+        return self.config(request, model_name, model_version)
 
     async def post_infer(self, request: Request, model_name: str) -> Response:
         return await self.infer(request, model_name, None)
@@ -557,6 +563,7 @@ def triton_config(service: Service, engine: Engine) -> dict[str, Any]:
     settings = service.config.batching
     return {
         "name": service.model_name,
+        "version": service.version,
         "platform": PLATFORM,
         "backend": "onnxruntime",
         "max_batch_size": 0,
@@ -577,10 +584,9 @@ def triton_config(service: Service, engine: Engine) -> dict[str, Any]:
     }
 
 
-def make_router(service: Service, is_ready: Callable[[], bool] | None = None) -> APIRouter:
-    """The V2 routes, bound to ``service``; ``is_ready`` answers readiness (default: the
-    model is loaded)."""
-    routes = _V2Routes(service, is_ready or (lambda: service.ready))
+def make_router(models: ModelSet, is_ready: Callable[[], bool]) -> APIRouter:
+    """The V2 routes, bound to the model set; ``is_ready`` answers server readiness."""
+    routes = _V2Routes(models, is_ready)
     router = APIRouter(tags=["Open Inference Protocol (V2)"])
     router.add_api_route(
         "/v2",

@@ -56,9 +56,11 @@ def test_parse_plain_lines_get_the_infer_scope_and_suffix_lines_their_scopes() -
         "alice:" + "a" * 63,
         ":" + "a" * 64,
         "a b:" + "a" * 64,
-        "alice:" + "a" * 64 + ":admin",
+        "alice:" + "a" * 64 + ":superuser",
         "alice:" + "a" * 64 + ":",
-        "alice:" + "a" * 64 + ":infer:x",
+        "alice:" + "a" * 64 + ":infer:",
+        "alice:" + "a" * 64 + ":infer:bad name",
+        "alice:" + "a" * 64 + ":infer:x:y",
     ],
 )
 def test_malformed_lines_refuse_the_whole_file(line: str) -> None:

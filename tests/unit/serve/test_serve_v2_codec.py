@@ -175,7 +175,9 @@ def test_binary_response_decodes_with_tritonclient() -> None:
         (OutputTensor("logits", "FP32", [2, 2], logits), True),
         (OutputTensor("label", "BYTES", [2], [b"NEG", b"POS"]), True),
     ]
-    body, header_length = encode_response("m", "id-7", outputs, binary_default=False, explicit=True)
+    body, header_length = encode_response(
+        "m", "1", "id-7", outputs, binary_default=False, explicit=True
+    )
     assert header_length is not None
     result = InferResult.from_response_body(body, header_length=header_length)
     np.testing.assert_array_equal(result.as_numpy("logits"), logits)
@@ -189,7 +191,9 @@ def test_json_response_decodes_with_tritonclient() -> None:
         (OutputTensor("logits", "FP32", [1, 2], logits), False),
         (OutputTensor("label", "BYTES", [1], [b"POS"]), False),
     ]
-    body, header_length = encode_response("m", None, outputs, binary_default=False, explicit=True)
+    body, header_length = encode_response(
+        "m", "1", None, outputs, binary_default=False, explicit=True
+    )
     assert header_length is None
     result = InferResult.from_response_body(body)
     np.testing.assert_allclose(result.as_numpy("logits"), logits)
