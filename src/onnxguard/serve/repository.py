@@ -330,29 +330,35 @@ class Repository:
         """Triton's repository index: every version on disk or served, with its state."""
         with self._sync_lock:
             layout = scan_layout(self.root)
+            policies = read_policies(self.root)
             served = {(s.name, s.version) for s in self.models.served()}
             rows: list[dict[str, Any]] = []
             for name in sorted(set(layout) | set(self._states) | set(self.models.names())):
                 state = self._states.get(name, _ModelState())
                 versions = set(layout.get(name, {})) | {v for n, v in served if n == name}
+                eligible = [v for v in layout.get(name, {})
+                            if v not in state.held and v not in state.refused]
+                wanted = set(policies.get(name, VersionPolicy()).choose(eligible))
                 for version in sorted(versions):
                     row: dict[str, Any] = {"name": name, "version": str(version)}
                     if (name, version) in served:
                         row["state"] = "READY"
                     else:
                         row["state"] = "UNAVAILABLE"
-                        row["reason"] = self._why_not(state, version)
+                        row["reason"] = self._why_not(state, version, version in wanted)
                     rows.append(row)
             return rows
 
     @staticmethod
-    def _why_not(state: _ModelState, version: int) -> str:
+    def _why_not(state: _ModelState, version: int, wanted: bool) -> str:
         if state.unloaded:
             return "unloaded"
         if version in state.held:
             return "rolled back"
         if version in state.refused:
             return "refused: " + state.refused[version][1]
+        if wanted:
+            return "not loaded yet (the next poll or a load call loads it)"
         return "not chosen by the version policy"
 
     def load(self, name: str, actor: str | None) -> Outcome:
