@@ -267,7 +267,10 @@ def test_apikey_new_prints_secret_and_line(tmp_path: Path) -> None:
     assert (keys.stat().st_mode & 0o777) == 0o600 and keys.read_text().startswith("bob:")
     assert cli("apikey", "new", "--id", "bob", "--keys-file", str(keys)).returncode == 2
     assert cli("apikey", "new", "--id", "bad id").returncode == 2
-    assert cli("apikey", "new", "--id", "x", "--scopes", "admin").returncode == 2
+    assert cli("apikey", "new", "--id", "x", "--scopes", "superuser").returncode == 2
+    limited = cli("apikey", "new", "--id", "team", "--scopes", "admin", "--models", "a,b")
+    assert limited.stdout.split()[1].endswith(":admin:a,b")
+    assert cli("apikey", "new", "--id", "x", "--models", "bad name").returncode == 2
 
 
 def test_tls(
@@ -400,8 +403,15 @@ def test_exit_codes_match_the_table_in_serving_md(
     bundle: Path, key: tuple[str, Path], tmp_path: Path
 ) -> None:
     table = _exit_table()
-    assert set(table) == {0, 2, 7, 8, 9}
+    assert set(table) == {0, 2, 6, 7, 8, 9}
     keys = str(key[1])
+    unscanned = tmp_path / "unscanned"
+    shutil.copytree(bundle, unscanned)
+    manifest = json.loads((unscanned / "onnxguard.json").read_text())
+    manifest["stages"]["scan"]["bundle"]["unscanned"] = 1  # what the build's scan left out
+    (unscanned / "onnxguard.json").write_text(json.dumps(manifest))
+    repository = tmp_path / "repo"
+    (repository / "m" / "1").mkdir(parents=True)  # a version directory that is not a bundle
     empty_keys = tmp_path / "empty.txt"
     empty_keys.write_text("# no keys\n")
     empty_keys.chmod(0o600)
@@ -422,6 +432,14 @@ def test_exit_codes_match_the_table_in_serving_md(
             cli("serve", str(bundle), "--api-keys-file", str(empty_keys)),
         ),
         "keys file missing": (9, cli("serve", str(bundle), "--api-keys-file", str(tmp_path / "x"))),
+        "scan summary not clean": (
+            6,
+            cli("serve", str(unscanned), "--api-keys-file", keys, "--port", str(free_port())),
+        ),
+        "repository version refused": (
+            9,
+            cli("serve", str(repository), "--api-keys-file", keys, "--port", str(free_port())),
+        ),
     }
     for name, (code, result) in cases.items():
         assert result.returncode == code, (name, result.stderr)

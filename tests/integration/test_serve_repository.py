@@ -315,3 +315,17 @@ def test_a_repository_that_cannot_be_served_stops_the_server(
     expected = {"tampered": "clf version 1", "empty": "holds no model versions",
                 "bad-policy": "policy 'newest' is unknown"}[problem]
     assert expected in message, message
+
+
+def test_a_single_bundle_server_lists_its_model_and_refuses_changes(
+    builds: dict[str, Path], tmp_path: Path, serving: Callable[..., Any]
+) -> None:
+    server, keys = serving(builds["clf-int8"])
+    with httpx.Client(base_url=server.url, headers=keys.header("ops"), timeout=30) as client:
+        index = client.post("/v2/repository/index", json={"ready": True}).json()
+        assert [(r["version"], r["state"]) for r in index] == [("1", "READY")]
+        name = index[0]["name"]
+        assert _v2_infer(client, name).json()["model_version"] == "1"
+        refused = client.post(f"/v2/repository/models/{name}/unload")
+        assert refused.status_code == 409 and "model repository" in refused.json()["error"]
+        assert client.post("/v2/repository/index", json={"ready": 1}).status_code == 400
