@@ -1,13 +1,20 @@
-"""Load benchmark for `onnxguard serve` (not a test): the server against the raw Engine.
+"""Load benchmark for `onnxguard serve` (not a test): every route of a bundle next to the Engine.
 
 Starts `onnxguard serve BUNDLE` on 127.0.0.1 (a fresh API key, an fsynced audit log, no rate
-limit), drives it with concurrent keep-alive HTTP/1.1 clients (a minimal asyncio client, so the
-load generator takes as little of the shared CPU as it can), and prints throughput and latency
-next to the raw Engine's throughput on the same texts (``Engine.predict``: length-sorted batches,
-dynamic padding, no HTTP).  Rounds are interleaved (engine, server, engine, server, ...) because
-a shared machine is noisy; the best round of each is compared.
+limit) and runs the same requests through each mode of the bundle's task:
+  embeddings   raw Engine (``Engine.predict``), ``/v1/embed``, OpenAI ``/v1/embeddings`` (raw
+               HTTP, and the unmodified ``openai`` client), TEI ``/embed``
+  reranking    raw Engine (``rerank_encoded`` over every pair), TEI ``/rerank``, ``/v1/rerank``
+  classifying  raw Engine, ``/v1/classify``, TEI ``/predict``
+Raw HTTP is a minimal keep-alive asyncio client, so the load generator takes as little of the
+shared CPU as it can.  The raw Engine runs all the requests' texts (or pairs) in one call,
+length-sorted batches of --max-batch, with the server's session settings.  Rounds are
+interleaved (every mode once per round) because a shared machine is noisy; the table gives the
+median and best round, each mode's median as a share of the Engine's, p50/p99 of the median
+round, and the load average.
 
-    python scripts/bench_serve.py /tmp/serve-bench/sst2 --data ../shared/data/sst2/dev.tsv
+    python scripts/bench_serve.py /tmp/bench-default --data ../shared/data/sst2/dev.tsv
+    python scripts/bench_serve.py /tmp/bench-rerank --texts-per-request 8 --concurrency 8
 
 Loopback only; the number of requests and the time are bounded (--max-requests, --time-limit).
 """
@@ -27,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv"
@@ -49,18 +57,17 @@ def load_texts(path: Path) -> list[str]:
 
 
 @dataclass
-class ServerRound:
-    texts_per_s: float
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
+class Round:
+    """One mode's pass over the requests: units (texts or pairs) per second and latency."""
+
+    units_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
     requests: int
-    texts: int
-    seconds: float
+    units: int
     errors: int
-    labels: list[str]
+    load: str
     server_cpu_s: float = 0.0
-    client_cpu_s: float = 0.0
 
 
 def free_port() -> int:
@@ -69,14 +76,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def engine_round(engine, texts: list[str], batch_size: int) -> tuple[float, float, list[str]]:
-    """(texts/s, CPU seconds per text, labels) of one Engine.predict over all texts."""
-    cpu = time.process_time()
-    started = time.perf_counter()
-    results = engine.predict(texts, batch_size=batch_size)
-    seconds = time.perf_counter() - started
-    cpu = time.process_time() - cpu
-    return len(texts) / seconds, cpu / len(texts), [r.get("label", "") for r in results]
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def process_cpu_s(pid: int) -> float:
@@ -86,6 +90,63 @@ def process_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- what is sent: one request per chunk ---------------------------------------------------------
+@dataclass(frozen=True)
+class Mode:
+    """A way to run the same work: the raw Engine, or one HTTP route (raw HTTP or a client)."""
+
+    name: str
+    path: str | None
+    """The route; None for the in-process Engine."""
+    client: str = "http"
+    """``http`` (a minimal keep-alive asyncio client) or ``openai`` (the unmodified client)."""
+
+
+def modes_for(task: str) -> list[Mode]:
+    """Every way a bundle of this task is served, next to the raw Engine."""
+    if task == "feature-extraction":
+        return [Mode("raw Engine", None), Mode("/v1/embed", "/v1/embed"),
+                Mode("/v1/embeddings", "/v1/embeddings"),
+                Mode("/v1/embeddings openai", "/v1/embeddings", "openai"),
+                Mode("/embed (TEI)", "/embed")]
+    if task == "reranking":
+        return [Mode("raw Engine rerank", None), Mode("/rerank (TEI)", "/rerank"),
+                Mode("/v1/rerank (Cohere)", "/v1/rerank")]
+    return [Mode("raw Engine", None), Mode("/v1/classify", "/v1/classify"),
+            Mode("/predict (TEI)", "/predict")]
+
+
+def body_for(path: str, chunk: list[str], model: str) -> bytes:
+    """The request body of ``path`` for one chunk (a reranking chunk is query + documents)."""
+    bodies = {
+        "/v1/embed": lambda: {"texts": chunk}, "/v1/classify": lambda: {"texts": chunk},
+        "/v1/embeddings": lambda: {"input": chunk, "model": model,
+                                   "encoding_format": "float"},
+        "/embed": lambda: {"inputs": chunk}, "/predict": lambda: {"inputs": chunk},
+        "/rerank": lambda: {"query": chunk[0], "texts": chunk[1:]},
+        "/v1/rerank": lambda: {"query": chunk[0], "documents": chunk[1:], "model": model},
+    }
+    return json.dumps(bodies[path]()).encode()
+
+
+def units_of(task: str, chunk: list[str]) -> int:
+    return len(chunk) - 1 if task == "reranking" else len(chunk)
+
+
+def engine_round(engine: Any, task: str, chunks: list[list[str]], batch_size: int) -> Round:
+    """All the chunks' work in one call, as `predict` runs a file: length-sorted batches."""
+    load = load_average()
+    started = time.perf_counter()
+    if task == "reranking":
+        encodings = [e for chunk in chunks for e in engine.encode_pairs(chunk[0], chunk[1:])]
+        engine.rerank_encoded(encodings, batch_size)
+    else:
+        engine.predict([t for chunk in chunks for t in chunk], batch_size=batch_size)
+    seconds = time.perf_counter() - started
+    units = sum(units_of(task, c) for c in chunks)
+    return Round(units / seconds, None, None, len(chunks), units, 0, load)
 
 
 async def _request(
@@ -108,55 +169,66 @@ async def _request(
     return status, payload
 
 
-async def server_round(
-    port: int, key: str, chunks: list[list[str]], concurrency: int, time_limit: float
-) -> ServerRound:
-    head = (
-        f"POST /v1/classify HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-        "Content-Length: "
-    ).encode()
-    bodies = [json.dumps({"texts": chunk}).encode() for chunk in chunks]
+async def server_round(port: int, key: str, mode: Mode, task: str, model: str,
+                       chunks: list[list[str]], concurrency: int, time_limit: float) -> Round:
+    """``concurrency`` keep-alive clients send the chunks in order until done or out of time."""
+    assert mode.path is not None
+    load = load_average()
+    head = (f"POST {mode.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            "Content-Length: ").encode()
+    bodies = [body_for(mode.path, chunk, model) for chunk in chunks]
     latencies: list[float] = []
-    labels: list[list[str]] = [[] for _ in chunks]
+    done_units = 0
     errors = 0
     next_index = 0
     deadline = time.perf_counter() + time_limit
+    openai_client: Any = None
+    if mode.client == "openai":
+        from openai import AsyncOpenAI
+
+        openai_client = AsyncOpenAI(base_url=f"http://{HOST}:{port}/v1", api_key=key,
+                                    max_retries=0)
+
+    async def send(index: int, reader: Any, writer: Any) -> bool:
+        if openai_client is not None:
+            try:
+                await openai_client.embeddings.create(input=chunks[index], model=model)
+            except Exception:  # any client error counts as one
+                return False
+            return True
+        status, _ = await _request(reader, writer, head, bodies[index])
+        return status == 200
 
     async def client() -> None:
-        nonlocal next_index, errors
-        reader, writer = await asyncio.open_connection(HOST, port)
+        nonlocal next_index, errors, done_units
+        reader = writer = None
+        if openai_client is None:
+            reader, writer = await asyncio.open_connection(HOST, port)
         try:
-            while next_index < len(bodies) and time.perf_counter() < deadline:
+            while next_index < len(chunks) and time.perf_counter() < deadline:
                 index = next_index
                 next_index += 1
                 started = time.perf_counter()
-                status, payload = await _request(reader, writer, head, bodies[index])
+                ok = await send(index, reader, writer)
                 latencies.append(time.perf_counter() - started)
-                if status != 200:
+                if ok:
+                    done_units += units_of(task, chunks[index])
+                else:
                     errors += 1
-                    continue
-                labels[index] = [r["label"] for r in json.loads(payload)["results"]]
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
-    done = len(latencies)
-    texts = sum(len(chunks[i]) for i in range(done))
-    ordered = sorted(latencies)
-    return ServerRound(
-        texts_per_s=texts / seconds,
-        requests_per_s=done / seconds,
-        p50_ms=1000 * statistics.median(ordered),
-        p99_ms=1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        requests=done,
-        texts=texts,
-        seconds=seconds,
-        errors=errors,
-        labels=[label for chunk in labels for label in chunk],
-    )
+    if openai_client is not None:
+        await openai_client.close()
+    ordered = sorted(latencies) or [0.0]
+    return Round(done_units / seconds, 1000 * statistics.median(ordered),
+                 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+                 len(latencies), done_units, errors, load)
 
 
 def scrape(port: int, key: str) -> dict[str, float]:
@@ -175,20 +247,19 @@ def scrape(port: int, key: str) -> dict[str, float]:
     return values
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--texts-per-request", type=int, default=1)
+    parser.add_argument("--texts-per-request", type=int, default=1,
+                        help="texts per request; for a reranker, documents per query")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--max-requests",
-        type=int,
-        default=2000,
-        help="per server round (the texts are cycled to reach it)",
-    )
+    parser.add_argument("--max-requests", type=int, default=2000,
+                        help="per server round (the texts are cycled to reach it)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round")
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated subset of the modes (default: all for the task)")
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -197,195 +268,150 @@ def main() -> int:
     parser.add_argument("--call-overhead-tokens", type=int, default=32)
     parser.add_argument("--no-audit", action="store_true", help="serve without an audit log")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
-    from onnxguard.runtime import Engine, available_cores
 
-    texts = load_texts(args.data)
-    per = max(1, args.texts_per_request)
-    wanted = max(1, min(args.max_requests * per, 200_000))
+def make_chunks(texts: list[str], task: str, per: int, max_requests: int) -> list[list[str]]:
+    """The requests' texts, cycled; a reranking chunk is a query and ``per`` documents."""
+    size = per + 1 if task == "reranking" else per
+    wanted = max(size, min(max_requests * size, 200_000))
     cycled = [texts[i % len(texts)] for i in range(max(wanted, len(texts)))]
-    chunks = [cycled[i : i + per] for i in range(0, len(cycled), per)][: args.max_requests]
+    return [cycled[i:i + size] for i in range(0, len(cycled) - size + 1, size)][:max_requests]
 
-    from onnxguard.serve.service import _NO_SPINNING, _session_config
 
-    # The raw Engine twice: as `onnxguard predict` runs it (ONNX Runtime's default thread
-    # spinning) and with the server's session settings (no spinning); the better one is the
-    # reference.
-    engines = {"default": Engine.from_bundle(args.bundle, intra_op_threads=args.threads)}
-    with _session_config(_NO_SPINNING):
-        engines["no-spin"] = Engine.from_bundle(args.bundle, intra_op_threads=args.threads)
-    for candidate in engines.values():
-        candidate.predict(texts[:64], batch_size=args.max_batch)  # warm-up
-    engine = engines["default"]
-
-    workdir = Path(tempfile.mkdtemp(prefix="onnxguard-bench-"))
+def start_server(args: argparse.Namespace, workdir: Path, port: int,
+                 max_texts: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`onnxguard serve` in a subprocess with a fresh key; no rate or token limits."""
+    cli = [sys.executable, "-c", "from onnxguard.cli import main; main()"]
     keys = workdir / "keys.txt"
     new_key = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from onnxguard.cli import main; main()",
-            "apikey",
-            "new",
-            "--id",
-            "bench",
-            "--scopes",
-            "infer,metrics",
-            "--keys-file",
-            str(keys),
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+        [*cli, "apikey", "new", "--id", "bench", "--scopes", "infer,metrics", "--keys-file",
+         str(keys), "--json"], check=True, capture_output=True, text=True)
     key = json.loads(new_key.stdout)["secret"]
-    port = free_port()
     command = [
-        sys.executable,
-        "-c",
-        "from onnxguard.cli import main; main()",
-        "serve",
-        str(args.bundle),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--api-keys-file",
-        str(keys),
-        "--rate-limit",
-        "off",
-        "--token-limit",
-        "off",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--max-batch",
-        str(args.max_batch),
-        "--max-wait-ms",
-        str(args.max_wait_ms),
-        "--max-batch-tokens",
-        str(args.max_batch_tokens),
-        "--min-fill",
-        str(args.min_fill),
-        "--call-overhead-tokens",
-        str(args.call_overhead_tokens),
-        "--max-texts",
-        str(max(64, per)),
-        "--queue-size",
-        str(max(1024, args.concurrency * per * 2)),
+        *cli, "serve", str(args.bundle), "--host", HOST, "--port", str(port),
+        "--api-keys-file", str(keys), "--rate-limit", "off", "--token-limit", "off",
+        "--no-access-log", "--log-level", "warning", "--max-batch", str(args.max_batch),
+        "--max-wait-ms", str(args.max_wait_ms), "--max-batch-tokens", str(args.max_batch_tokens),
+        "--min-fill", str(args.min_fill), "--call-overhead-tokens", str(args.call_overhead_tokens),
+        "--max-texts", str(max(64, max_texts)),
+        "--queue-size", str(max(1024, args.concurrency * max_texts * 2)),
     ]
     if not args.no_audit:
         command += ["--audit-log", str(workdir / "audit.log")]
     if args.threads:
         command += ["--threads", str(args.threads)]
     server = subprocess.Popen(command, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    _wait_ready(port, server)
+    return server, key
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from onnxguard.runtime import Engine, available_cores
+    from onnxguard.serve.service import _NO_SPINNING
+
+    texts = load_texts(args.data)
+    per = max(1, args.texts_per_request)
+    # The raw Engine with the server's session settings (no thread spinning).
+    engine = Engine.from_bundle(args.bundle, intra_op_threads=args.threads,
+                                session_config=_NO_SPINNING)
+    task = engine.task.value
+    chunks = make_chunks(texts, task, per, args.max_requests)
+    modes = modes_for(task)
+    if args.modes:
+        wanted = {m.strip() for m in args.modes.split(",")}
+        modes = [m for m in modes if m.name in wanted or m.path is None]
+    engine_round(engine, task, chunks[:8], args.max_batch)  # warm-up
+    workdir = Path(tempfile.mkdtemp(prefix="onnxguard-bench-"))
+    port = free_port()
+    load_before = load_average()
+    server, key = start_server(args, workdir, port, len(chunks[0]))
+    rounds: dict[str, list[Round]] = {m.name: [] for m in modes}
     try:
-        _wait_ready(port, server)
-        engine_rounds: dict[str, list[float]] = {name: [] for name in engines}
-        engine_cpu: list[float] = []
-        server_rounds: list[ServerRound] = []
-        reference: list[str] = []
-        for _ in range(args.rounds):
-            for name, candidate in engines.items():
-                rate, cpu_per_text, reference = engine_round(candidate, texts, args.max_batch)
-                engine_rounds[name].append(rate)
-                engine_cpu.append(cpu_per_text)
-            server_before, client_before = process_cpu_s(server.pid), time.process_time()
-            result = asyncio.run(server_round(port, key, chunks, args.concurrency, args.time_limit))
-            result.server_cpu_s = process_cpu_s(server.pid) - server_before
-            result.client_cpu_s = time.process_time() - client_before
-            server_rounds.append(result)
+        for mode in modes:  # one unmeasured pass each: connections, JIT-free warm paths
+            if mode.path is not None:
+                asyncio.run(server_round(port, key, mode, task, engine.name, chunks[:4], 2, 10))
+        for _ in range(args.rounds):  # interleaved: every mode once per round
+            for mode in modes:
+                if mode.path is None:
+                    rounds[mode.name].append(engine_round(engine, task, chunks, args.max_batch))
+                    continue
+                cpu = process_cpu_s(server.pid)
+                result = asyncio.run(server_round(port, key, mode, task, engine.name, chunks,
+                                                  args.concurrency, args.time_limit))
+                result.server_cpu_s = process_cpu_s(server.pid) - cpu
+                rounds[mode.name].append(result)
         metrics = scrape(port, key)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    best_engine = max(max(rounds) for rounds in engine_rounds.values())
-    best = max(server_rounds, key=lambda r: r.texts_per_s)
-    truth = {text: label for text, label in zip(texts, reference, strict=True)}
-    served = [text for chunk in chunks[: best.requests] for text in chunk]
-    agree = sum(truth.get(t) == label for t, label in zip(served, best.labels, strict=False))
-    batches = metrics.get("onnxguard_batch_size_count", 0.0)
-    summary = {
-        "bundle": str(args.bundle),
-        "precision": engine.manifest.precision,
-        "cores": available_cores(),
-        "ort_threads": engine.threads,
-        "concurrency": args.concurrency,
-        "texts_per_request": per,
-        "max_batch": args.max_batch,
-        "max_wait_ms": args.max_wait_ms,
-        "max_batch_tokens": args.max_batch_tokens,
-        "min_fill": args.min_fill,
-        "call_overhead_tokens": args.call_overhead_tokens,
-        "audit_log": not args.no_audit,
-        "engine_texts_per_s": {
-            name: [round(r, 1) for r in rounds] for name, rounds in engine_rounds.items()
-        },
-        "server_texts_per_s": [round(r.texts_per_s, 1) for r in server_rounds],
-        "best_engine_texts_per_s": round(best_engine, 1),
-        "best_server_texts_per_s": round(best.texts_per_s, 1),
-        "server_requests_per_s": round(best.requests_per_s, 1),
-        "p50_ms": round(best.p50_ms, 2),
-        "p99_ms": round(best.p99_ms, 2),
-        "ratio": round(best.texts_per_s / best_engine, 3),
-        "requests": best.requests,
-        "errors": sum(r.errors for r in server_rounds),
-        "label_agreement": round(agree / max(1, len(best.labels)), 4),
-        "mean_batch_size": round(metrics.get("onnxguard_batch_size_sum", 0.0) / batches, 2)
-        if batches
-        else None,
-        "mean_padding_ratio": round(
-            metrics.get("onnxguard_batch_padding_ratio_sum", 0.0) / batches, 3
-        )
-        if batches
-        else None,
-        "engine_cpu_ms_per_text": round(1000 * min(engine_cpu), 2),
-        "server_cpu_ms_per_text": round(1000 * best.server_cpu_s / max(1, best.texts), 2),
-        "client_cpu_ms_per_text": round(1000 * best.client_cpu_s / max(1, best.texts), 2),
-    }
-    summary["cpu_ratio"] = round(
-        summary["engine_cpu_ms_per_text"] / max(1e-9, summary["server_cpu_ms_per_text"]), 3
-    )
+    unit = "pairs" if task == "reranking" else "texts"
+    summary = summarise(args, engine, available_cores(), rounds, unit, metrics)
+    summary["load_average"] = {"before": load_before, "after": load_average()}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(
-            f"bundle {summary['bundle']} ({summary['precision']}), {summary['cores']} cores, "
-            f"ORT {summary['ort_threads']} threads"
-        )
-        print(
-            f"load: {args.concurrency} concurrent clients x {per} text(s)/request, "
-            f"{best.requests} requests per round, {args.rounds} rounds (interleaved)"
-        )
-        print(
-            f"batching: max-batch {args.max_batch}, max-wait {args.max_wait_ms} ms, "
-            f"max-batch-tokens {args.max_batch_tokens}, min-fill {args.min_fill}, "
-            f"call-overhead-tokens {args.call_overhead_tokens}; audit "
-            f"{'on (fsync)' if summary['audit_log'] else 'off'}"
-        )
-        for name, rounds in summary["engine_texts_per_s"].items():
-            print(
-                f"raw Engine   : {max(rounds):8.1f} texts/s   rounds {rounds}  ({name} ORT threads)"
-            )
-        print(
-            f"server       : {best.texts_per_s:8.1f} texts/s   rounds "
-            f"{summary['server_texts_per_s']}  ({best.requests_per_s:.1f} req/s)"
-        )
-        print(f"latency      : p50 {best.p50_ms:.1f} ms   p99 {best.p99_ms:.1f} ms")
-        print(f"ratio        : {summary['ratio']:.1%} of the raw Engine (target >= 85%)")
-        print(
-            f"CPU per text : engine {summary['engine_cpu_ms_per_text']} ms, server "
-            f"{summary['server_cpu_ms_per_text']} ms ({summary['cpu_ratio']:.1%} "
-            f"efficient), load generator {summary['client_cpu_ms_per_text']} ms"
-        )
-        print(
-            f"batches      : mean size {summary['mean_batch_size']}, mean padding "
-            f"{summary['mean_padding_ratio']}; errors {summary['errors']}; labels agree "
-            f"{summary['label_agreement']:.2%}"
-        )
+        print_summary(summary)
     return 0
+
+
+def summarise(args: argparse.Namespace, engine: Any, cores: int,
+              rounds: dict[str, list[Round]], unit: str,
+              metrics: dict[str, float]) -> dict[str, Any]:
+    """Medians over rounds (a noisy machine moves single rounds), best, and the median round's
+    latency; each server mode as a share of the raw Engine's median."""
+    engine_median = statistics.median(r.units_per_s for r in next(iter(rounds.values())))
+    rows = []
+    for name, results in rounds.items():
+        rates = [r.units_per_s for r in results]
+        median_round = sorted(results, key=lambda r: r.units_per_s)[len(results) // 2]
+        units = sum(r.units for r in results)
+        rows.append({
+            "mode": name, f"{unit}_per_s_median": round(statistics.median(rates), 1),
+            f"{unit}_per_s_best": round(max(rates), 1), "rounds": [round(r, 1) for r in rates],
+            "of_engine": round(statistics.median(rates) / engine_median, 3),
+            "p50_ms": None if median_round.p50_ms is None else round(median_round.p50_ms, 1),
+            "p99_ms": None if median_round.p99_ms is None else round(median_round.p99_ms, 1),
+            "errors": sum(r.errors for r in results),
+            "server_cpu_ms_per_unit": round(1000 * sum(r.server_cpu_s for r in results)
+                                            / max(1, units), 2) if results[0].p50_ms else None,
+            "load": [r.load for r in results],
+        })
+    batches = metrics.get("onnxguard_batch_size_count", 0.0)
+    return {
+        "bundle": str(args.bundle), "task": engine.task.value,
+        "precision": engine.manifest.precision, "cores": cores, "ort_threads": engine.threads,
+        "data": str(args.data), "unit": unit, "concurrency": args.concurrency,
+        "texts_per_request": args.texts_per_request, "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms, "rounds": args.rounds,
+        "audit_log": not args.no_audit, "modes": rows,
+        "mean_batch_size": round(metrics.get("onnxguard_batch_size_sum", 0.0) / batches, 2)
+        if batches else None,
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    unit = summary["unit"]
+    per = summary["texts_per_request"]
+    print(f"bundle {summary['bundle']} ({summary['task']}, {summary['precision']}), "
+          f"{summary['cores']} cores, ORT {summary['ort_threads']} threads; data "
+          f"{summary['data']}")
+    what = f"1 query + {per} documents" if unit == "pairs" else f"{per} text(s)"
+    print(f"load: {summary['concurrency']} concurrent clients x {what}/request, max-batch "
+          f"{summary['max_batch']}, max-wait {summary['max_wait_ms']} ms, audit "
+          f"{'on (fsync)' if summary['audit_log'] else 'off'}, {summary['rounds']} rounds "
+          f"(interleaved); load average {summary['load_average']['before']} -> "
+          f"{summary['load_average']['after']}")
+    print(f"{'mode':<24} {unit + '/s median':>14} {'best':>8} {'of Engine':>9} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  rounds")
+    for row in summary["modes"]:
+        p50 = "-" if row["p50_ms"] is None else f"{row['p50_ms']:.1f}"
+        p99 = "-" if row["p99_ms"] is None else f"{row['p99_ms']:.1f}"
+        print(f"{row['mode']:<24} {row[unit + '_per_s_median']:>14.1f} "
+              f"{row[unit + '_per_s_best']:>8.1f} {row['of_engine']:>9.1%} {p50:>8} {p99:>8} "
+              f"{row['errors']:>6}  {row['rounds']}")
+    print(f"server mean batch size {summary['mean_batch_size']}")
 
 
 def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:

@@ -178,8 +178,14 @@ def make_tiny_model(
     *,
     seed: int = 0,
     sentence_transformers: bool = False,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
 ) -> Path:
-    """Save a tiny random model of ``model_type`` for ``task`` (safetensors) + tokenizer.json."""
+    """Save a tiny random model of ``model_type`` for ``task`` (safetensors) + tokenizer.json.
+
+    ``prompts`` (with ``sentence_transformers``) writes config_sentence_transformers.json as
+    sentence-transformers saves it.
+    """
     import torch
     import transformers
     from tokenizers import Tokenizer
@@ -238,6 +244,13 @@ def make_tiny_model(
                 }
             )
         )
+    if prompts is not None:
+        (directory / "config_sentence_transformers.json").write_text(json.dumps({
+            "model_type": "SentenceTransformer",
+            "prompts": prompts,
+            "default_prompt_name": default_prompt_name,
+            "similarity_fn_name": "cosine",
+        }))
     return directory
 
 

@@ -36,7 +36,7 @@ from onnxguard.errors import (
     OutputExistsError,
     OutputNotReplaceableError,
 )
-from onnxguard.tasks import PoolingSpec, Task
+from onnxguard.tasks import PoolingSpec, PromptSpec, Task
 
 MANIFEST_NAME = "onnxguard.json"
 SIGNATURE_NAME = "model.sig"
@@ -85,6 +85,8 @@ class Manifest:
     max_length: int
     labels: tuple[str, ...] = ()
     pooling: PoolingSpec | None = None
+    prompts: PromptSpec | None = None
+    """sentence-transformers prompts; absent in bundles built before they were read."""
     model_file: str = MODEL_NAME
     precision: str = "fp32"
     source: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +102,8 @@ class Manifest:
             object.__setattr__(self, "task", Task(self.task))
         if isinstance(self.pooling, dict):
             object.__setattr__(self, "pooling", PoolingSpec.from_dict(self.pooling))
+        if isinstance(self.prompts, dict):
+            object.__setattr__(self, "prompts", PromptSpec.from_dict(self.prompts))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -118,6 +122,8 @@ class Manifest:
             "stages": self.stages,
             "files": self.files,
         }
+        if self.prompts is not None:  # only when present: an old manifest's digest is unchanged
+            data["prompts"] = self.prompts.to_dict()
         if self.encryption is not None:
             data["encryption"] = self.encryption
         return data
@@ -139,6 +145,7 @@ class Manifest:
                 max_length=int(data["max_length"]),
                 labels=tuple(data.get("labels") or ()),
                 pooling=PoolingSpec.from_dict(data["pooling"]) if data.get("pooling") else None,
+                prompts=PromptSpec.from_dict(data["prompts"]) if data.get("prompts") else None,
                 model_file=str(data["model"]["file"]),
                 precision=str(data["model"].get("precision", "fp32")),
                 source=dict(data.get("source") or {}),

@@ -72,6 +72,10 @@ class EmptyTextError(UsageError):
     """A text to predict on is empty or only whitespace: there is nothing to classify."""
 
 
+class UnknownPromptError(UsageError):
+    """A prompt name the model does not define (the message lists the ones it does)."""
+
+
 # --- source --------------------------------------------------------------------------------------
 class SourceError(OnnxGuardError):
     """The model source cannot be used as given."""
@@ -109,6 +113,10 @@ class UnsupportedModelError(SourceError):
 
 class MissingTokenizerError(SourceError):
     """No fast tokenizer (tokenizer.json) could be found or made."""
+
+
+class PromptConfigError(SourceError):
+    """``config_sentence_transformers.json`` declares prompts that cannot be honoured as given."""
 
 
 # --- build stages --------------------------------------------------------------------------------

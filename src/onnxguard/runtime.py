@@ -21,7 +21,13 @@ import onnxruntime as ort
 from tokenizers import Encoding
 
 from onnxguard._tokenize import load_tokenizer, pad_batch, pad_id_of
-from onnxguard.errors import EmptyTextError, EngineError, TaskMismatchError, UsageError
+from onnxguard.errors import (
+    EmptyTextError,
+    EngineError,
+    TaskMismatchError,
+    UnknownPromptError,
+    UsageError,
+)
 from onnxguard.integrity.loader import LoadedBundle, open_bundle
 from onnxguard.tasks import Task
 
@@ -139,6 +145,37 @@ class Engine:
         }
 
     # --- inference ------------------------------------------------------------------------------
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The model's sentence-transformers prompts by name (empty when it defines none)."""
+        spec = self.manifest.prompts
+        return dict(spec.prompts) if spec is not None else {}
+
+    def apply_prompt(self, texts: Sequence[str], prompt_name: str | None = None) -> list[str]:
+        """Prefix each text with the named prompt, as ``SentenceTransformer.encode`` does.
+
+        With no name, the model's ``default_prompt_name`` applies (if it has one).  The prompt
+        is part of the text from here on: it is tokenized, truncated and counted with it.
+        """
+        spec = self.manifest.prompts
+        name = prompt_name if prompt_name is not None else (spec.default if spec else None)
+        if name is None:
+            return list(texts)
+        if spec is None or not spec.prompts:
+            raise UnknownPromptError(
+                f"prompt {name[:64]!r} asked for, but this model defines no prompts",
+                hint="leave the prompt name out, or build a model whose "
+                "config_sentence_transformers.json defines `prompts`", prompt_name=name[:64],
+            )
+        prompt = spec.prompts.get(name)
+        if prompt is None:
+            known = ", ".join(sorted(spec.prompts))
+            raise UnknownPromptError(
+                f"unknown prompt {name[:64]!r}; this model defines: {known}",
+                hint=f"use one of: {known}", prompt_name=name[:64], known=sorted(spec.prompts),
+            )
+        return [prompt + text for text in texts]
+
     def encode(self, texts: Sequence[str | tuple[str, str]]) -> list[Encoding]:
         """Tokenize without padding (batch encode runs in Rust and releases the GIL); a
         (query, document) pair is tokenized as one sequence, truncated together."""
@@ -168,14 +205,18 @@ class Engine:
                 results[i] = out[row, :n] if self.task is Task.TOKEN_CLASSIFICATION else out[row]
         return results
 
-    def predict(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict[str, Any]]:
+    def predict(
+        self, texts: Sequence[str], batch_size: int | None = None, *,
+        prompt_name: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Task-shaped results: labels+scores, embeddings, or token labels.
 
         An empty or whitespace-only text is refused (a label for nothing would look confident);
-        a text cut at ``max_length`` tokens says so with ``"truncated": true``.
+        a text cut at ``max_length`` tokens says so with ``"truncated": true``.  Embeddings get
+        the named prompt (else the model's default prompt) prefixed, see ``apply_prompt``.
         """
         check_texts(texts)
-        encodings = self.encode(texts)
+        encodings = self.encode(self.apply_prompt(texts, prompt_name))
         raw = self._run_encoded(encodings, batch_size)
         if self.task is Task.TOKEN_CLASSIFICATION:
             results = [self.postprocess_tokens(r, e) for r, e in zip(raw, encodings, strict=True)]

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from onnxguard.errors import TaskMismatchError, UnsupportedModelError
+from onnxguard.errors import PromptConfigError, TaskMismatchError, UnsupportedModelError
 
 
 class Task(StrEnum):
@@ -229,6 +229,112 @@ def detect_pooling(model_dir: Path) -> PoolingSpec:
             hint="onnxguard supports exactly one of mean, cls or max pooling",
         )
     return PoolingSpec(modes[0], normalize=normalize, source=str(cfg_path.relative_to(model_dir)))
+
+
+ST_CONFIG_NAME = "config_sentence_transformers.json"
+MAX_PROMPTS = 64
+MAX_PROMPT_NAME_CHARS = 128
+MAX_PROMPT_CHARS = 4096
+"""Bounds on what a model file may ask the server to prefix to every text (real prompts are a
+few words; instruction-style ones a sentence or two)."""
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """sentence-transformers prompts: a name → the text prefixed to each input.
+
+    ``default`` is applied when no prompt is named, as ``SentenceTransformer.encode`` does.
+    """
+
+    prompts: dict[str, str]
+    default: str | None = None
+    source: str = ST_CONFIG_NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompts": dict(self.prompts), "default_prompt_name": self.default,
+                "source": self.source}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PromptSpec:
+        """From a manifest; KeyError/TypeError/ValueError when it is malformed."""
+        if not isinstance(data, dict):
+            raise TypeError("prompts must be an object")
+        prompts, default = data["prompts"], data.get("default_prompt_name")
+        try:
+            check_prompts(prompts, default, "the manifest")
+        except PromptConfigError as exc:
+            raise ValueError(exc.message) from exc
+        return cls(dict(prompts), default, str(data.get("source", "manifest")))
+
+
+def check_prompts(prompts: Any, default: Any, where: str) -> None:
+    """Strict shape: a bounded dict of non-empty names to strings; the default one of them.
+
+    Raises PromptConfigError (a ValueError is not enough: the fix names the file).
+    """
+    fix = (f"fix `prompts` in {where}: an object of prompt names to the text put before each "
+           f"input, e.g. {{\"query\": \"query: \"}}, with `default_prompt_name` null or one "
+           "of its names")
+    if not isinstance(prompts, dict):
+        raise PromptConfigError(f"{where}: `prompts` is {type(prompts).__name__}, not an object",
+                                hint=fix)
+    if len(prompts) > MAX_PROMPTS:
+        raise PromptConfigError(f"{where}: {len(prompts)} prompts (at most {MAX_PROMPTS})",
+                                hint=fix)
+    for name, text in prompts.items():
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_PROMPT_NAME_CHARS:
+            raise PromptConfigError(
+                f"{where}: prompt name {str(name)[:40]!r} must be non-empty text of at most "
+                f"{MAX_PROMPT_NAME_CHARS} characters", hint=fix)
+        if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+            raise PromptConfigError(
+                f"{where}: prompt {name!r} must be text of at most {MAX_PROMPT_CHARS} "
+                "characters", hint=fix)
+    if default is not None and (not isinstance(default, str) or default not in prompts):
+        known = ", ".join(sorted(prompts)) or "none"
+        raise PromptConfigError(
+            f"{where}: `default_prompt_name` {str(default)[:40]!r} is not one of the prompts "
+            f"({known})", hint=fix)
+
+
+def detect_prompts(model_dir: Path) -> PromptSpec | None:
+    """The prompts of ``config_sentence_transformers.json``; None when it defines none.
+
+    Prompts are prefixed to the text, so their tokens are pooled with it; a Pooling module with
+    ``include_prompt: false`` pools without them, which the exported graph cannot do, so such a
+    model is refused rather than embedded differently.
+    """
+    path = model_dir / ST_CONFIG_NAME
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise PromptConfigError(f"{ST_CONFIG_NAME} is not a JSON object",
+                                hint=f"fix or remove {ST_CONFIG_NAME}")
+    prompts, default = data.get("prompts"), data.get("default_prompt_name")
+    if prompts is None and default is None:
+        return None
+    check_prompts({} if prompts is None else prompts, default, ST_CONFIG_NAME)
+    if not prompts:
+        return None
+    if any(prompts.values()) and _pooling_config(model_dir).get("include_prompt") is False:
+        raise PromptConfigError(
+            f"the Pooling module of {model_dir.name} excludes prompt tokens "
+            "(include_prompt: false); onnxguard pools every token of the prefixed text",
+            hint="build a model whose pooling includes the prompt, or remove `prompts` from "
+            f"{ST_CONFIG_NAME} and prefix texts yourself",
+        )
+    return PromptSpec(dict(prompts), default, ST_CONFIG_NAME)
+
+
+def _pooling_config(model_dir: Path) -> dict[str, Any]:
+    modules = [m for m in _sentence_transformers_modules(model_dir)
+               if str(m.get("type", "")).endswith(".Pooling")]
+    if not modules:
+        return {}
+    path = model_dir / str(modules[0].get("path", "")) / "config.json"
+    data = _read_json(path) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
 
 
 def _sentence_transformers_modules(model_dir: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""A real local multi-node Ray cluster for the scale-out tests (started once per session).
+"""Integration fixtures: a real local multi-node Ray cluster for the scale-out tests (started
+once per session), and loopback access for huggingface_hub's clients.
 
 ``ray.cluster_utils.Cluster`` runs a head node and a second node as separate raylets on this
 machine (loopback only), 1 CPU each, so actor pools and replicas really spread over two nodes.
@@ -30,3 +31,12 @@ def ray_cluster() -> Iterator[Any]:
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture
+def loopback_hub_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite sets HF_HUB_OFFLINE (no test may reach the Hub); huggingface_hub's clients in
+    these tests only talk to a server on 127.0.0.1, so the offline switch is lifted for them."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

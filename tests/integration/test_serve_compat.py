@@ -71,15 +71,6 @@ def test_openai_client_embeddings_float_and_base64(embedder: tuple[str, str, Eng
     assert getattr(info.value, "status_code", None) == 401
 
 
-@pytest.fixture
-def loopback_hub_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The suite sets HF_HUB_OFFLINE (no test may reach the Hub); these clients only talk to
-    the server on 127.0.0.1, so the offline switch is lifted for them alone."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-
-
 @pytest.mark.usefixtures("loopback_hub_client")
 def test_inference_client_feature_extraction(embedder: tuple[str, str, Engine]) -> None:
     from huggingface_hub import InferenceClient

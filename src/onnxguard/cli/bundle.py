@@ -105,6 +105,9 @@ def predict_command(
         metavar="auto|ray://HOST:PORT", help="Ray cluster to join (default: start a local one).")
     ] = None,
     actors: Annotated[int, typer.Option(help="--ray: actors in the pool.")] = 2,
+    prompt_name: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Embedding models: the sentence-transformers prompt put before "
+        "each text (e.g. query); without it the model's default prompt, if any.")] = None,
 ) -> None:
     """Run a bundle on texts; prints one JSON result per line (long texts echoed shortened).
 
@@ -117,6 +120,10 @@ def predict_command(
         if texts:
             raise UsageError("TEXT arguments and --input exclude each other",
                              hint="put the texts in the input file")
+        if prompt_name is not None:
+            raise UsageError("--prompt-name applies to TEXT arguments and stdin, not to "
+                             "--input files", hint="bulk mode applies the model's default "
+                             "prompt; prefix the texts in the file for another one")
         _predict_file(bundle, input_file, output, text_column, id_column, part_size, use_ray,
                       address, actors, public_key, key_source, threads)
         return
@@ -137,7 +144,8 @@ def predict_command(
     err = console(stderr=True)
     err.print(f"{engine.name}: {engine.task.value}, {engine.manifest.precision}, providers "
               f"{', '.join(engine.providers)}, {engine.threads} threads", markup=False)
-    for number, (text, result) in enumerate(zip(inputs, engine.predict(inputs), strict=True), 1):
+    results = engine.predict(inputs, prompt_name=prompt_name)
+    for number, (text, result) in enumerate(zip(inputs, results, strict=True), 1):
         if result.get("truncated"):
             err.print(f"note: text {number} was cut at {engine.max_length} tokens "
                       "(the model's maximum length); the result covers only that part",

@@ -52,9 +52,11 @@ from onnxguard.source import ResolvedSource, resolve_source
 from onnxguard.tasks import (
     ArchitectureSpec,
     PoolingSpec,
+    PromptSpec,
     Task,
     architecture_for,
     detect_pooling,
+    detect_prompts,
     resolve_task,
 )
 
@@ -138,6 +140,7 @@ class _Model:
     spec: ArchitectureSpec
     task: Task
     pooling: PoolingSpec | None
+    prompts: PromptSpec | None
     input_names: list[str]
     max_length: int
     tokenizer_json: str
@@ -201,12 +204,13 @@ def _source_stage(config: BuildConfig, timer: _Timer) -> _Model:
     spec = architecture_for(model_config)
     task = resolve_task(source.path, model_config, config.task)
     pooling = detect_pooling(source.path) if task is Task.FEATURE_EXTRACTION else None
+    prompts = detect_prompts(source.path) if task is Task.FEATURE_EXTRACTION else None
     input_names = ["input_ids", "attention_mask"] + (
         ["token_type_ids"] if spec.uses_token_type_ids(model_config) else []
     )
     max_length = _max_length(source, model_config, spec, config.max_length)
     tokenizer_json = _tokenizer_json(source.path, max_length)
-    return _Model(source, source_scan, model_config, spec, task, pooling, input_names,
+    return _Model(source, source_scan, model_config, spec, task, pooling, prompts, input_names,
                   max_length, tokenizer_json, load_tokenizer(tokenizer_json, max_length))
 
 
@@ -300,6 +304,7 @@ def _bundle_stage(
         max_length=model.max_length,
         labels=_labels(model.config) if model.task is not Task.FEATURE_EXTRACTION else (),
         pooling=model.pooling,
+        prompts=model.prompts,
         precision=decision.precision,
         source=model.source.to_dict() | {"model_type": model.spec.model_type},
         tools=_tool_versions(),

@@ -14,6 +14,11 @@ token budgets, body limits, audit) and runs through the same batcher.  Truncatio
 caller's choice: ``truncate: false`` (TEI's default; always for OpenAI, which has no such field)
 refuses a text longer than the model's maximum length with a 413 that says so, instead of
 silently cutting it; where it is allowed, a truncated text is reported.
+
+Prompts (sentence-transformers ``prompts`` recorded in the bundle): ``/embed`` and ``/tokenize``
+take ``prompt_name``; every embedding route applies the model's ``default_prompt_name`` when none
+is named.  The prompt is part of the text: tokenized, truncated and counted with it (a left cut
+keeps it).  TEI's ``/info`` has no prompts field, so none is added.
 """
 
 from __future__ import annotations
@@ -147,11 +152,6 @@ def _texts_or_pairs(inputs: str | list[str] | list[list[str]]) -> list[str | lis
     return [inputs] if isinstance(inputs, str) else list(inputs)
 
 
-def _no_prompts(prompt_name: str | None) -> None:
-    if prompt_name is not None:
-        raise ApiError(422, "prompt_name: this model defines no prompts")
-
-
 class _Truncation:
     """Apply a request's truncation choice before the texts reach the batcher."""
 
@@ -168,9 +168,19 @@ class _Truncation:
             self._full = full
         return self._full
 
-    def left(self, texts: Sequence[str]) -> list[str]:
-        """Keep the end of each over-long text: cut it where its last tokens begin."""
-        limit = self.service.engine.max_length
+    def prompt_tokens(self, prompt_name: str | None) -> int:
+        """How many tokens the prompt put before each text takes (0 without one)."""
+        prompt = self.service.prompted([""], prompt_name)[0]
+        if not prompt:
+            return 0
+        return len(self.full_tokenizer().encode(prompt, add_special_tokens=False).ids)
+
+    def left(self, texts: Sequence[str], reserve: int = 0) -> list[str]:
+        """Keep the end of each over-long text: cut it where its last tokens begin.
+
+        ``reserve`` tokens are left free for the prompt that is put before the text.
+        """
+        limit = self.service.engine.max_length - reserve
         out = []
         for text, encoding in zip(texts, self.full_tokenizer().encode_batch(list(texts)),
                                   strict=True):
@@ -277,11 +287,14 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
     async def run(service: Service, request: Request, texts: list[str], truncate: bool,
                   direction: TruncationDirection,
                   fix: str = "shorten it, or send truncate: true to cut it there",
+                  prompt_name: str | None = None,
                   ) -> tuple[Inference, list[bool]]:
         if truncate and direction is TruncationDirection.LEFT:
             service.check_texts(texts)  # limits before any tokenizing work
-            texts = await asyncio.to_thread(truncation_for(service).left, texts)
-        inference = await service.infer(texts, context_of(request.scope))
+            truncation = truncation_for(service)
+            reserve = truncation.prompt_tokens(prompt_name)
+            texts = await asyncio.to_thread(truncation.left, texts, reserve)
+        inference = await service.infer(texts, context_of(request.scope), prompt_name)
         return inference, _check_length(inference, truncate, service.engine.max_length, fix)
 
     @app.post("/v1/embeddings", tags=["openai"], summary="OpenAI-compatible embeddings")
@@ -306,9 +319,8 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
         body: TEIEmbedRequest = await _parse(request, _EMBED)
         service = lease(request)
         _require(service, Task.FEATURE_EXTRACTION, "/embed")
-        _no_prompts(body.prompt_name)
         inference, cut = await run(service, request, _texts(body.inputs), body.truncate,
-                                   body.truncation_direction)
+                                   body.truncation_direction, prompt_name=body.prompt_name)
         vectors = _embeddings(service, inference, body.normalize, body.dimensions)
         headers = {"X-Truncated-Inputs": str(sum(cut))} if any(cut) else None
         return json_response(vectors.tolist(), headers=headers)
@@ -408,8 +420,7 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
     async def tei_tokenize(request: Request) -> Response:
         body: TEITokenizeRequest = await _parse(request, _TOKENIZE)
         service = lease(request)
-        _no_prompts(body.prompt_name)
-        texts = _texts(body.inputs)
+        texts = service.prompted(_texts(body.inputs), body.prompt_name)  # what /embed runs
         service.check_texts(texts)
         tokenizer = service.engine.tokenizer
         encodings = tokenizer.encode_batch(texts, add_special_tokens=body.add_special_tokens)

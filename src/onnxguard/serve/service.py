@@ -30,6 +30,7 @@ from onnxguard.errors import (
     RequestTimeoutError,
     StoppedError,
     TokenLimitError,
+    UnknownPromptError,
 )
 from onnxguard.serve._http import ApiError, RequestContext
 from onnxguard.serve.audit import hash_inputs
@@ -281,10 +282,26 @@ class Service:
                         422, f"text {index} is not valid Unicode (lone surrogate)"
                     ) from None
 
-    async def infer(self, texts: Sequence[str], context: RequestContext | None = None) -> Inference:
-        """Check, then tokenize and run in shared batches; errors are ApiErrors."""
-        self.check_texts(texts)
-        return await self._infer(texts, texts, context)
+    async def infer(
+        self, texts: Sequence[str], context: RequestContext | None = None,
+        prompt_name: str | None = None,
+    ) -> Inference:
+        """Check, then tokenize and run in shared batches; errors are ApiErrors.
+
+        Every route gets the model's prompt (the named one, else its default) here, so the same
+        text embeds the same everywhere; the prompt counts against the limits like text.  The
+        audit hash covers the texts as sent.
+        """
+        prompted = self.prompted(texts, prompt_name)
+        self.check_texts(prompted)
+        return await self._infer(prompted, texts, context)
+
+    def prompted(self, texts: Sequence[str], prompt_name: str | None = None) -> list[str]:
+        """``texts`` with the model's prompt prefixed; an unknown prompt name is a 422."""
+        try:
+            return self.engine.apply_prompt(texts, prompt_name)
+        except UnknownPromptError as exc:
+            raise ApiError(422, f"prompt_name: {exc.message}") from None
 
     async def infer_pairs(
         self, pairs: Sequence[tuple[str, str]], context: RequestContext | None = None,
