@@ -72,6 +72,10 @@ class EmptyTextError(UsageError):
     """A text to predict on is empty or only whitespace: there is nothing to classify."""
 
 
+class QuestionTooLongError(UsageError):
+    """A question fills the model's window: no context token would fit beside it."""
+
+
 # --- source --------------------------------------------------------------------------------------
 class SourceError(OnnxGuardError):
     """The model source cannot be used as given."""
