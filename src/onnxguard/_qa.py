@@ -38,6 +38,26 @@ class Span:
     score: float
 
 
+class ContextWindow(str):
+    """The text of one context window, carrying the window's tokenization.
+
+    The server runs windows through the shared batcher, whose items are (text, text) pairs that
+    the engine tokenizes; a window cut out of a longer context cannot be tokenized again from
+    its text (it may begin inside a word), so ``Engine.encode`` takes this encoding as made.
+    As a string it is the window's context characters: what limits and the audit hash see.
+    """
+
+    encoding: Encoding
+
+    @classmethod
+    def of(cls, context: str, encoding: Encoding) -> ContextWindow:
+        spans = [o for o, s in zip(encoding.offsets, encoding.sequence_ids, strict=True)
+                 if s == 1]
+        window = cls(context[spans[0][0]:spans[-1][1]] if spans else "")
+        window.encoding = encoding
+        return window
+
+
 class WindowTokenizer:
     """Pair tokenization into overlapping context windows, one tokenizer per stride.
 
@@ -135,8 +155,12 @@ def best_span(logits: np.ndarray, allowed: np.ndarray, max_answer_len: int = 30)
     return (spans[0].start, spans[0].end) if spans else (0, 0)
 
 
-def char_span(encoding: Encoding, start: int, end: int) -> tuple[int, int]:
+def char_span(
+    encoding: Encoding, start: int, end: int, align_to_words: bool = True
+) -> tuple[int, int]:
     """Character offsets in the context of tokens ``start..end``, widened to whole words."""
+    if not align_to_words:
+        return int(encoding.offsets[start][0]), int(encoding.offsets[end][1])
     try:
         first_word = encoding.token_to_word(start)
         last_word = encoding.token_to_word(end)
@@ -154,8 +178,10 @@ def char_span(encoding: Encoding, start: int, end: int) -> tuple[int, int]:
 def decode_answers(
     context: str, windows: Sequence[Encoding], logits: Sequence[np.ndarray], *, top_k: int = 1,
     max_answer_len: int = 30, handle_impossible_answer: bool = False,
+    align_to_words: bool = True,
 ) -> list[dict[str, object]]:
-    """``{"answer", "score", "start", "end"}`` best first: the best spans of every window.
+    """``{"answer", "score", "start", "end"}`` best first: the best spans of every window
+    (``logits`` per window: tokens x [start, end], padding after the window's tokens ignored).
 
     Overlapping windows can find the same characters twice; each answer is listed once (the
     pipeline listed duplicates), with its best score.
@@ -163,14 +189,14 @@ def decode_answers(
     spans: list[Span] = []
     null_score = 1_000_000.0
     for index, (encoding, rows) in enumerate(zip(windows, logits, strict=True)):
-        found, null = window_spans(rows, context_mask(encoding), window=index, top_k=top_k,
-                                   max_answer_len=max_answer_len)
+        found, null = window_spans(rows[:len(encoding.ids)], context_mask(encoding),
+                                   window=index, top_k=top_k, max_answer_len=max_answer_len)
         spans.extend(found)
         null_score = min(null_score, null)
     answers: list[dict[str, object]] = []
     seen: set[tuple[int, int]] = set()
     for span in sorted(spans, key=lambda s: -s.score):
-        start, end = char_span(windows[span.window], span.start, span.end)
+        start, end = char_span(windows[span.window], span.start, span.end, align_to_words)
         if (start, end) in seen:
             continue
         seen.add((start, end))

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding
 
-from onnxguard._qa import WindowTokenizer, decode_answers
+from onnxguard._qa import ContextWindow, WindowTokenizer, decode_answers
 from onnxguard._tokenize import load_tokenizer, pad_batch, pad_id_of
 from onnxguard.errors import EmptyTextError, EngineError, TaskMismatchError, UsageError
 from onnxguard.integrity.loader import LoadedBundle, open_bundle
@@ -143,8 +143,15 @@ class Engine:
     # --- inference ------------------------------------------------------------------------------
     def encode(self, texts: Sequence[str | tuple[str, str]]) -> list[Encoding]:
         """Tokenize without padding (batch encode runs in Rust and releases the GIL); a
-        (query, document) pair is tokenized as one sequence, truncated together."""
-        return list(self.tokenizer.encode_batch(list(texts)))
+        (query, document) pair is tokenized as one sequence, truncated together; a
+        (question, ``ContextWindow``) pair is already tokenized (a window of a long context)."""
+        items = list(texts)
+        made = {i: t[1].encoding for i, t in enumerate(items)
+                if isinstance(t, tuple) and isinstance(t[1], ContextWindow)}
+        if not made:
+            return list(self.tokenizer.encode_batch(items))
+        rest = iter(self.tokenizer.encode_batch([t for i, t in enumerate(items) if i not in made]))
+        return [made[i] if i in made else next(rest) for i in range(len(items))]
 
     def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray:
         """One ORT call on a batch padded to its longest row; returns the raw output (question

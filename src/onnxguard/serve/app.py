@@ -39,6 +39,7 @@ from onnxguard.serve.audit import AuditLog
 from onnxguard.serve.auth import KeyStore
 from onnxguard.serve.compat import add_compat_routes
 from onnxguard.serve.metrics import CONTENT_TYPE, ServeMetrics
+from onnxguard.serve.qa import QA_PATHS, add_qa_routes
 from onnxguard.serve.ratelimit import RateLimiter
 from onnxguard.serve.service import EngineLoader, Service, default_loader
 from onnxguard.serve.settings import DocsMode, ServeConfig
@@ -217,6 +218,7 @@ def create_app(
     _install_error_handlers(app)
     _add_v1_routes(app, service, metrics, shared)
     add_compat_routes(app, service)
+    add_qa_routes(app, service)
     app.include_router(make_router(service, lambda: handles.ready))
     _openapi_for_the_task(app, service)
 
@@ -289,6 +291,9 @@ def _openapi_for_the_task(app: FastAPI, service: Service) -> None:
             return schema
         wrong = "/v1/classify" if service.engine.task is Task.FEATURE_EXTRACTION else "/v1/embed"
         paths.pop(wrong, None)
+        qa = service.engine.task is Task.QUESTION_ANSWERING
+        for path in ("/v1/classify",) if qa else QA_PATHS:
+            paths.pop(path, None)
         cached["schema"] = schema
         return schema
 
@@ -311,6 +316,8 @@ def _add_v1_routes(
         engine = service.engine
         if engine.task is Task.FEATURE_EXTRACTION:
             raise ApiError(400, "this model computes embeddings: use POST /v1/embed")
+        if engine.task is Task.QUESTION_ANSWERING:
+            raise ApiError(400, "this model answers questions: use POST /v1/answer")
         inference = await service.infer(texts, context_of(request.scope))
         if engine.task is Task.TOKEN_CLASSIFICATION:
             results = [
