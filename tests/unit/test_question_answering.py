@@ -183,3 +183,39 @@ def test_long_context_overlap_is_capped_so_windows_advance(
     starts = [w.offsets[w.sequence_ids.index(1)][0] for w in windows]
     assert starts == sorted(set(starts)) and len(windows) > 10
     assert engine.answer(question, LONG_CONTEXT)[0]["answer"]
+
+
+def _cli(*args: str, stdin: str | None = None) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "onnxguard", *args], capture_output=True,
+                          text=True, input=stdin, timeout=120)
+
+
+def test_predict_cli_answers_questions(tiny_bundle_factory: Callable[..., Path]) -> None:
+    import json
+
+    bundle = tiny_bundle_factory("bert", "question-answering", "none")
+    engine = Engine.from_bundle(bundle)
+    one = _cli("predict", str(bundle), "--question", "what was good ?", "--context", CONTEXT,
+               "--top-k", "2")
+    assert one.returncode == 0, one.stderr
+    line = json.loads(one.stdout)
+    assert line["question"] == "what was good ?"
+    assert line["answers"] == engine.answer("what was good ?", CONTEXT, top_k=2)
+    stdin = "".join(json.dumps({"question": q, "context": c}) + "\n" for q, c in QUESTIONS[3:])
+    piped = _cli("predict", str(bundle), stdin=stdin)
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(x)["answers"] for x in piped.stdout.splitlines()] == [
+        engine.answer(q, c) for q, c in QUESTIONS[3:]]
+    for args, stdin, words in [
+        (("some text",), None, "not TEXT arguments"),
+        (("--question", "what ?"), None, "--question and --context go together"),
+        ((), '{"text": "x"}\n', 'line 1 is not a JSON object with "question"'),
+    ]:
+        bad = _cli("predict", str(bundle), *args, stdin=stdin)
+        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
+    classifier = tiny_bundle_factory("bert", "text-classification", "none")
+    wrong = _cli("predict", str(classifier), "--question", "what ?", "--context", CONTEXT)
+    assert wrong.returncode == 2 and "needs a question-answering bundle" in wrong.stderr
