@@ -198,6 +198,7 @@ def make_tiny_model(
         "token-classification": transformers.AutoModelForTokenClassification,
         "feature-extraction": transformers.AutoModel,
         "reranking": transformers.AutoModelForSequenceClassification,
+        "question-answering": transformers.AutoModelForQuestionAnswering,
     }[task]
     torch.manual_seed(seed)
     model = auto.from_config(config)

@@ -76,6 +76,10 @@ class UnknownPromptError(UsageError):
     """A prompt name the model does not define (the message lists the ones it does)."""
 
 
+class QuestionTooLongError(UsageError):
+    """A question fills the model's window: no context token would fit beside it."""
+
+
 # --- source --------------------------------------------------------------------------------------
 class SourceError(OnnxGuardError):
     """The model source cannot be used as given."""

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding
 
+from onnxguard._qa import ContextWindow, WindowTokenizer, decode_answers
 from onnxguard._tokenize import load_tokenizer, pad_batch, pad_id_of
 from onnxguard.errors import (
     EmptyTextError,
@@ -91,6 +92,7 @@ class Engine:
         self.max_length = self.manifest.max_length
         self.tokenizer = load_tokenizer(loaded.tokenizer_json, self.max_length)
         self.pad_id = pad_id_of(self.tokenizer)
+        self.windows = WindowTokenizer(self.tokenizer, self.max_length)
         self.threads = self.config.intra_op_threads or available_cores()
         self.session, self.provider_notes = self._create_session(loaded.model_bytes)
         self.providers = list(self.session.get_providers())
@@ -178,13 +180,22 @@ class Engine:
 
     def encode(self, texts: Sequence[str | tuple[str, str]]) -> list[Encoding]:
         """Tokenize without padding (batch encode runs in Rust and releases the GIL); a
-        (query, document) pair is tokenized as one sequence, truncated together."""
-        return list(self.tokenizer.encode_batch(list(texts)))
+        (query, document) pair is tokenized as one sequence, truncated together; a
+        (question, ``ContextWindow``) pair is already tokenized (a window of a long context)."""
+        items = list(texts)
+        made = {i: t[1].encoding for i, t in enumerate(items)
+                if isinstance(t, tuple) and isinstance(t[1], ContextWindow)}
+        if not made:
+            return list(self.tokenizer.encode_batch(items))
+        rest = iter(self.tokenizer.encode_batch([t for i, t in enumerate(items) if i not in made]))
+        return [made[i] if i in made else next(rest) for i in range(len(items))]
 
     def run_batch(self, encodings: Sequence[Encoding], pad_to: int | None = None) -> np.ndarray:
-        """One ORT call on a batch padded to its longest row; returns the raw output."""
+        """One ORT call on a batch padded to its longest row; returns the raw output (question
+        answering: start and end logits stacked on a last axis, batch x tokens x 2)."""
         feed = pad_batch(encodings, self.input_names, self.pad_id, pad_to)
-        out: np.ndarray = self.session.run([self.output_name], feed)[0]
+        outputs = self.session.run(list(self.manifest.outputs), feed)
+        out: np.ndarray = outputs[0] if len(outputs) == 1 else np.stack(outputs, axis=-1)
         return out
 
     def predict_raw(self, texts: Sequence[str], batch_size: int | None = None) -> list[np.ndarray]:
@@ -202,7 +213,7 @@ class Engine:
             out = self.run_batch([encodings[i] for i in idx])
             for row, i in enumerate(idx):
                 n = len(encodings[i].ids)
-                results[i] = out[row, :n] if self.task is Task.TOKEN_CLASSIFICATION else out[row]
+                results[i] = out[row, :n] if self.task.per_token else out[row]
         return results
 
     def predict(
@@ -215,6 +226,12 @@ class Engine:
         a text cut at ``max_length`` tokens says so with ``"truncated": true``.  Embeddings get
         the named prompt (else the model's default prompt) prefixed, see ``apply_prompt``.
         """
+        if self.task is Task.QUESTION_ANSWERING:
+            raise TaskMismatchError(
+                "a question-answering model answers (question, context) pairs, not single texts",
+                hint="use Engine.answer(question, context) (CLI: predict --question Q --context C)",
+                task=self.task.value,
+            )
         check_texts(texts)
         encodings = self.encode(self.apply_prompt(texts, prompt_name))
         raw = self._run_encoded(encodings, batch_size)
@@ -286,6 +303,31 @@ class Engine:
         raw = self._run_encoded(encodings, batch_size)
         return np.stack(raw).reshape(len(raw), -1) if raw else np.zeros((0, 1))
 
+    def answer(
+        self, question: str, context: str, *, top_k: int = 1, max_answer_len: int = 30,
+        doc_stride: int = 128, handle_impossible_answer: bool = False,
+        batch_size: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Extractive answers to ``question`` from ``context``, best first:
+        ``{"answer", "score", "start", "end"}`` (character offsets into ``context``).
+
+        A context longer than one window is read in windows overlapping by ``doc_stride``
+        tokens; spans are decoded as transformers' question-answering pipeline did (``_qa``).
+        """
+        if self.task is not Task.QUESTION_ANSWERING:
+            raise TaskMismatchError(
+                f"this model is {self.task.value}, not extractive question answering",
+                hint="build a *ForQuestionAnswering model (--task question-answering)",
+                task=self.task.value,
+            )
+        check_answer_options(top_k, max_answer_len, doc_stride)
+        check_texts([question, context])
+        windows = self.windows.windows(question, context, doc_stride)
+        logits = self._run_encoded(windows, batch_size)
+        return decode_answers(context, windows, logits, top_k=top_k,
+                              max_answer_len=max_answer_len,
+                              handle_impossible_answer=handle_impossible_answer)
+
     def label_of(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else f"LABEL_{index}"
 
@@ -330,6 +372,15 @@ def check_texts(texts: Sequence[str]) -> None:
                 hint="every text needs at least one non-space character",
                 index=number - 1,
             )
+
+
+def check_answer_options(top_k: int, max_answer_len: int, doc_stride: int) -> None:
+    """Refuse answer options that cannot mean anything (the server checks the same)."""
+    for name, value, least in (("top_k", top_k, 1), ("max_answer_len", max_answer_len, 1),
+                               ("doc_stride", doc_stride, 0)):
+        if value < least:
+            raise UsageError(f"{name} must be at least {least}, not {value}",
+                             hint=f"pass {name} >= {least}")
 
 
 def relevance(logits: np.ndarray, raw_scores: bool = False) -> np.ndarray:

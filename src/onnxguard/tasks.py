@@ -23,10 +23,26 @@ class Task(StrEnum):
     TOKEN_CLASSIFICATION = "token-classification"  # noqa: S105 (not a password)
     RERANKING = "reranking"
     """A cross-encoder: a sequence-classification head fed (query, document) pairs."""
+    QUESTION_ANSWERING = "question-answering"
+    """Extractive: start/end logits over (question, context) tokens; the answer is a span."""
 
     @property
     def output_name(self) -> str:
-        return "sentence_embedding" if self is Task.FEATURE_EXTRACTION else "logits"
+        return self.output_names[0]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The graph's outputs, in order (question answering has two)."""
+        if self is Task.FEATURE_EXTRACTION:
+            return ("sentence_embedding",)
+        if self is Task.QUESTION_ANSWERING:
+            return ("start_logits", "end_logits")
+        return ("logits",)
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the output has a row per token (not one per sequence)."""
+        return self in (Task.TOKEN_CLASSIFICATION, Task.QUESTION_ANSWERING)
 
 
 class Pooling(StrEnum):
@@ -121,6 +137,8 @@ def detect_task(model_dir: Path, config: dict[str, Any]) -> Task:
             return Task.TEXT_CLASSIFICATION
         if arch.endswith("ForTokenClassification"):
             return Task.TOKEN_CLASSIFICATION
+        if arch.endswith("ForQuestionAnswering"):
+            return Task.QUESTION_ANSWERING
     return Task.FEATURE_EXTRACTION
 
 
@@ -128,6 +146,7 @@ _HEADS = {
     Task.TEXT_CLASSIFICATION: "ForSequenceClassification",
     Task.TOKEN_CLASSIFICATION: "ForTokenClassification",
     Task.RERANKING: "ForSequenceClassification",
+    Task.QUESTION_ANSWERING: "ForQuestionAnswering",
 }
 
 
@@ -170,8 +189,8 @@ def resolve_task(model_dir: Path, config: dict[str, Any], requested: str | None)
     architectures = [str(a) for a in config.get("architectures") or ()]
     if any(a.endswith(suffix) for a in architectures):
         return task
-    if not architectures and config.get("id2label"):
-        return task  # an old config without `architectures`: its labels show a head
+    if not architectures and config.get("id2label") and task is not Task.QUESTION_ANSWERING:
+        return task  # an old config without `architectures`: its labels show a classifier head
     has = ", ".join(architectures) or "no `architectures` entry"
     raise TaskMismatchError(
         f"--task {task.value} needs a model with a *{suffix} head, but config.json of "

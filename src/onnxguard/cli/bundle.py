@@ -108,14 +108,27 @@ def predict_command(
     prompt_name: Annotated[str | None, typer.Option(
         metavar="NAME", help="Embedding models: the sentence-transformers prompt put before "
         "each text (e.g. query); without it the model's default prompt, if any.")] = None,
+    question: Annotated[str | None, typer.Option(
+        help="Question answering: the question (with --context). Without it, reads JSON lines "
+        '{"question": ..., "context": ...} from stdin.')] = None,
+    context: Annotated[str | None, typer.Option(
+        help="Question answering: the text the answer is taken from.")] = None,
+    top_k: Annotated[int, typer.Option(
+        min=1, max=20, help="Question answering: answers per question.")] = 1,
 ) -> None:
     """Run a bundle on texts; prints one JSON result per line (long texts echoed shortened).
 
+    A question-answering bundle takes `--question Q --context C` (or JSON lines with
+    "question" and "context" on stdin) and prints the answers with character offsets.
     Bulk mode (`--input FILE --output FILE`, optionally `--ray`) runs a whole file, in parts
     that a rerun skips once written.
     """
     from onnxguard.runtime import Engine, check_texts
 
+    if (question is not None or context is not None) and (
+            question is None or context is None or texts or input_file is not None):
+        raise UsageError("--question and --context go together, without TEXT or --input",
+                             hint='e.g. --question "who?" --context "Ada wrote it."')
     if input_file is not None or output is not None:
         if texts:
             raise UsageError("TEXT arguments and --input exclude each other",
@@ -129,6 +142,10 @@ def predict_command(
         return
     if use_ray:
         raise UsageError("--ray runs files", hint="add --input FILE --output FILE")
+    if question is not None or _bundle_task(bundle) == "question-answering":
+        _answer_questions(bundle, question, context, texts, top_k, public_key, key_source,
+                          providers, threads)
+        return
     inputs = list(texts or [])
     if not inputs:
         if sys.stdin.isatty():
@@ -151,6 +168,69 @@ def predict_command(
                       "(the model's maximum length); the result covers only that part",
                       markup=False)
         typer.echo(json.dumps(echo_of(text) | result, ensure_ascii=False))
+
+
+def _bundle_task(bundle: Path) -> str | None:
+    """The task the manifest names (unverified: only to choose the input form; the engine
+    verifies the bundle before anything runs)."""
+    try:
+        data = json.loads((bundle / "onnxguard.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(data.get("task")) if isinstance(data, dict) else None
+
+
+def _answer_questions(
+    bundle: Path, question: str | None, context: str | None, texts: list[str] | None,
+    top_k: int, public_key: Path | None, key_source: str | None, providers: str | None,
+    threads: int | None,
+) -> None:
+    from onnxguard.runtime import Engine
+
+    if texts:
+        raise UsageError("a question-answering bundle answers a question from a context, "
+                         "not TEXT arguments", hint=_QA_HINT)
+    if question is not None and context is not None:
+        items = [(question, context)]
+    elif sys.stdin.isatty():
+        raise UsageError("no question given", hint=_QA_HINT)
+    else:
+        items = read_stdin_questions(sys.stdin)
+    engine = Engine.from_bundle(
+        bundle, public_key=public_key, key_source=key_source,
+        providers=providers.split(",") if providers else None, intra_op_threads=threads,
+    )
+    if engine.task.value != "question-answering":
+        raise UsageError(f"--question needs a question-answering bundle; this one is "
+                         f"{engine.task.value}", hint="pass texts as TEXT arguments")
+    for asked, text in items:
+        answers = engine.answer(asked, text, top_k=top_k)
+        typer.echo(json.dumps({"question": asked} | {"context": echo_of(text)["text"]}
+                              | {"answers": answers}, ensure_ascii=False))
+
+
+_QA_HINT = ('pass --question Q --context C, or JSON lines {"question": ..., "context": ...} '
+            "on stdin")
+
+
+def read_stdin_questions(lines: Iterable[str]) -> list[tuple[str, str]]:
+    """(question, context) from JSON lines with string "question" and "context" fields."""
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item: Any = json.loads(line)
+        except ValueError:
+            item = None
+        if not (isinstance(item, dict) and isinstance(item.get("question"), str)
+                and isinstance(item.get("context"), str)):
+            raise UsageError(f'stdin line {number} is not a JSON object with "question" and '
+                             '"context" strings', hint=_QA_HINT)
+        items.append((item["question"], item["context"]))
+    if not items:
+        raise UsageError("stdin held no questions", hint=_QA_HINT)
+    return items
 
 
 def _predict_file(bundle: Path, input_file: Path | None, output: Path | None,

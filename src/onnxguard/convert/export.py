@@ -60,6 +60,7 @@ def load_torch_model(model_dir: Path, task: Task, *, allow_pickle: bool = False)
         Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
         Task.FEATURE_EXTRACTION: transformers.AutoModel,
         Task.RERANKING: transformers.AutoModelForSequenceClassification,
+        Task.QUESTION_ANSWERING: transformers.AutoModelForQuestionAnswering,
     }
     has_safetensors = any(model_dir.glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
@@ -121,7 +122,8 @@ def _translate_load_error(model_dir: Path, exc: Exception) -> SourceError:
 
 
 class _TaskWrapper(torch.nn.Module):
-    """Named inputs in, the task's single output out (pooling and normalisation in-graph)."""
+    """Named inputs in, the task's outputs out (pooling and normalisation in-graph); question
+    answering returns (start_logits, end_logits)."""
 
     def __init__(
         self, model: torch.nn.Module, task: Task, pooling: PoolingSpec | None, inputs: list[str]
@@ -132,9 +134,11 @@ class _TaskWrapper(torch.nn.Module):
         self.pooling = pooling
         self.inputs = inputs
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         kwargs = dict(zip(self.inputs, args, strict=True))
         out = self.model(**kwargs)
+        if self.task is Task.QUESTION_ANSWERING:
+            return out.start_logits, out.end_logits
         if self.task is not Task.FEATURE_EXTRACTION:
             return out.logits  # type: ignore[no-any-return]
         assert self.pooling is not None
@@ -169,14 +173,14 @@ def export_onnx(
     """Export with dynamic batch/sequence axes; TorchScript exporter first, then dynamo."""
     wrapper = _TaskWrapper(model, task, pooling, input_names).eval()
     sample = _sample_inputs(input_names, vocab_size)
-    output_name = task.output_name
+    output_names = list(task.output_names)
     diagnostics: list[str] = []
     start = time.perf_counter()
     for exporter in ("torchscript", "dynamo"):
         try:
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
-                _run_exporter(exporter, wrapper, sample, input_names, output_name, task,
+                _run_exporter(exporter, wrapper, sample, input_names, output_names, task,
                               out_path, opset)
             return ExportResult(
                 path=out_path,
@@ -184,7 +188,7 @@ def export_onnx(
                 opset=opset,
                 seconds=time.perf_counter() - start,
                 input_names=tuple(input_names),
-                output_names=(output_name,),
+                output_names=tuple(output_names),
                 diagnostics=tuple(diagnostics),
             )
         except Exception as exc:  # each exporter fails in its own way; we report all of them
@@ -214,22 +218,21 @@ def _run_exporter(
     wrapper: torch.nn.Module,
     sample: tuple[torch.Tensor, ...],
     input_names: list[str],
-    output_name: str,
+    output_names: list[str],
     task: Task,
     out_path: Path,
     opset: int,
 ) -> None:
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    axes[output_name] = (
-        {0: "batch", 1: "sequence"} if task is Task.TOKEN_CLASSIFICATION else {0: "batch"}
-    )
+    for output_name in output_names:
+        axes[output_name] = {0: "batch", 1: "sequence"} if task.per_token else {0: "batch"}
     if exporter == "torchscript":
         torch.onnx.export(
             wrapper,
             sample,
             str(out_path),
             input_names=input_names,
-            output_names=[output_name],
+            output_names=output_names,
             dynamic_axes=axes,
             opset_version=opset,
             do_constant_folding=True,
@@ -243,7 +246,7 @@ def _run_exporter(
         wrapper,
         sample,
         input_names=input_names,
-        output_names=[output_name],
+        output_names=output_names,
         dynamic_shapes=shapes,
         opset_version=max(opset, 18),
         dynamo=True,

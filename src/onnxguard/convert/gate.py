@@ -13,6 +13,10 @@ each figure with a 95% interval:
 * reranking (cross-encoders, often a single logit where top-1 means nothing): pairwise order
   agreement of the relevance scores within each batch of eight (query, document) pairs, and its
   Wilson lower bound, against the same ``min_agreement`` budget;
+* question answering: agreement of the best answer span (start and end token, decoded as the
+  runtime does) per (question, context) pair, and its Wilson lower bound, against
+  ``min_agreement``; without labelled QA data the questions are made from each text's first
+  words and the text is the context (``validate.question_for``);
 * embeddings: cosine to PyTorch *and* recall@10 of PyTorch's ten nearest neighbours among the
   split's texts, because cosine ≥ 0.99 still lets a retrieval user lose rankings.
 """
@@ -180,6 +184,26 @@ def measure_ranking(
     agreement = same / total if total else 1.0
     lower = wilson_lower(same, total) if total else 1.0
     return SplitMetrics(split, texts, agreement=agreement, agreement_lower95=lower)
+
+
+def measure_spans(
+    split: Split, references: list[np.ndarray], actuals: list[np.ndarray],
+    context_masks: list[np.ndarray],
+) -> SplitMetrics:
+    """Share of (question, context) rows whose best answer span is the same as PyTorch's.
+
+    Each array is batch x tokens x [start, end]; a mask is True on the row's context tokens.
+    """
+    from onnxguard._qa import best_span
+
+    same = texts = 0
+    for ref, out, mask in zip(references, actuals, context_masks, strict=True):
+        for row in range(ref.shape[0]):
+            texts += 1
+            same += best_span(ref[row], mask[row]) == best_span(out[row], mask[row])
+    agreement = same / texts if texts else 1.0
+    return SplitMetrics(split, texts, agreement=agreement,
+                        agreement_lower95=wilson_lower(same, texts) if texts else 1.0)
 
 
 def wilson_lower(successes: int, n: int, z: float = Z95) -> float:

@@ -267,8 +267,7 @@ def _quantize_stage(
     decision = choose(
         graphs.optimized.path, work, model.task, graphs.reference, config.tolerance,
         config.quantize, validate,
-        _calibration_feeds(model.tokenizer, model.input_names, calibration,
-                           pairs=model.task is Task.RERANKING),
+        _calibration_feeds(model.tokenizer, model.input_names, calibration, model.task),
     )
     profile = session_profile(decision.path, speed_feeds(graphs.reference))
     decision.record["shipped_graph"] = profile
@@ -302,7 +301,8 @@ def _bundle_stage(
         inputs=tuple(model.input_names),
         outputs=graphs.exported.output_names,
         max_length=model.max_length,
-        labels=_labels(model.config) if model.task is not Task.FEATURE_EXTRACTION else (),
+        labels=(_labels(model.config)
+                if model.task not in (Task.FEATURE_EXTRACTION, Task.QUESTION_ANSWERING) else ()),
         pooling=model.pooling,
         prompts=model.prompts,
         precision=decision.precision,
@@ -366,7 +366,8 @@ def _reference(model: _Model, data: ValidationData, allow_pickle: bool) -> Refer
 
     fresh = load_torch_model(model.source.path, model.task, allow_pickle=allow_pickle)
     wrapper = _TaskWrapper(fresh, model.task, model.pooling, model.input_names).eval()
-    cases = make_cases(data, model.max_length, pairs=model.task is Task.RERANKING)
+    cases = make_cases(data, model.max_length, pairs=model.task is Task.RERANKING,
+                       questions=model.task is Task.QUESTION_ANSWERING)
     return compute_reference(wrapper, model.tokenizer, model.input_names, cases, data.labels)
 
 
@@ -387,15 +388,19 @@ def _validate(
 
 
 def _calibration_feeds(
-    tokenizer: Any, input_names: list[str], texts: list[str], pairs: bool = False
+    tokenizer: Any, input_names: list[str], texts: list[str], task: Task | None = None
 ) -> list[Any]:
-    """Batches of 8 calibration texts; a reranker sees each text paired with the next."""
+    """Batches of 8 calibration texts; a reranker sees each text paired with the next, a
+    question-answering model each text as the context of a question about it."""
     from onnxguard._tokenize import pad_batch, pad_id_of
+    from onnxguard.convert.validate import qa_pairs
 
     pad = pad_id_of(tokenizer)
     items: list[Any] = list(texts)
-    if pairs and texts:
+    if task is Task.RERANKING and texts:
         items = [(t, texts[(i + 1) % len(texts)]) for i, t in enumerate(texts)]
+    elif task is Task.QUESTION_ANSWERING:
+        items = qa_pairs(texts)
     return [
         pad_batch(tokenizer.encode_batch(items[i:i + 8]), input_names, pad)
         for i in range(0, len(items), 8)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from onnxguard._qa import context_mask
 from onnxguard._tokenize import pad_batch, pad_id_of
 from onnxguard.convert.gate import (
     Budget,
@@ -27,6 +28,7 @@ from onnxguard.convert.gate import (
     SplitMetrics,
     measure,
     measure_ranking,
+    measure_spans,
     row_cosine,
     split_of,
 )
@@ -80,10 +82,11 @@ class ValidationCase:
     rows: tuple[int, ...] = ()
     """Indices into ``ValidationData.texts`` (split cases only)."""
     documents: tuple[str, ...] = ()
-    """Reranking: the document paired with each text (the query); empty for single texts."""
+    """Reranking: the document paired with each text (the query); question answering: the
+    context of each text (the question).  Empty for single texts."""
 
     def encode(self, tokenizer: Tokenizer) -> list[Any]:
-        """Tokenized texts, or (query, document) pairs truncated together at max length."""
+        """Tokenized texts, or pairs truncated together at max length."""
         if self.documents:
             return list(tokenizer.encode_batch(list(zip(self.texts, self.documents,
                                                         strict=True))))
@@ -99,6 +102,8 @@ class Reference:
     outputs: tuple[np.ndarray, ...]
     seconds: float
     labels: tuple[int, ...] | None = None
+    context_masks: tuple[np.ndarray, ...] = ()
+    """Question answering: per case, True where a token is context (where answers may be)."""
 
 
 @dataclass(frozen=True)
@@ -218,15 +223,33 @@ def _read_rows(path: Path, what: str) -> list[tuple[str | None, str]]:
     return rows
 
 
+def question_for(text: str) -> str:
+    """A question about ``text``, made from its first words, for validating question answering
+    without labelled data: the check is agreement with PyTorch, so the question needs to be a
+    plausible query over the context, not a gold one."""
+    words = text.split()[:4]
+    return f"what is said about {' '.join(words)} ?"
+
+
+def qa_pairs(texts: Sequence[str]) -> list[tuple[str, str]]:
+    """(question, context) pairs from single texts: each text is the context of its question."""
+    return [(question_for(t), t) for t in texts]
+
+
 def make_cases(
-    data: ValidationData, max_length: int, pairs: bool = False
+    data: ValidationData, max_length: int, pairs: bool = False, questions: bool = False
 ) -> tuple[ValidationCase, ...]:
     """The fixed shape cases, then every text in batches of 8 per split, length-sorted.
 
     With ``pairs`` (reranking) each text is a query paired with the text after it (the last
     with the first) as its document: a cross-encoder is validated on the pairs it will see.
+    With ``questions`` (question answering) each text is the context of a question made from
+    its first words (``question_for``).
     """
     cases = _single_cases(data, max_length)
+    if questions:
+        return tuple(replace(c, texts=tuple(question_for(t) for t in c.texts),
+                             documents=c.texts) for c in cases)
     if not pairs:
         return cases
     sentences = data.texts
@@ -270,7 +293,7 @@ def compute_reference(
 
     start = time.perf_counter()
     pad_id = pad_id_of(tokenizer)
-    inputs, outputs = [], []
+    inputs, outputs, masks = [], [], []
     threads = torch.get_num_threads()
     # One thread: every batch-8 matmul otherwise ends at an OpenMP barrier, and on a shared
     # machine a preempted thread stalls it (a tiny model's reference took 97 s instead of 2 s,
@@ -280,14 +303,26 @@ def compute_reference(
     try:
         with torch.inference_mode():
             for case in cases:
-                feed = pad_batch(case.encode(tokenizer), input_names, pad_id, case.pad_to)
+                encodings = case.encode(tokenizer)
+                feed = pad_batch(encodings, input_names, pad_id, case.pad_to)
                 out = wrapper(*(torch.from_numpy(feed[n]) for n in input_names))
+                if isinstance(out, tuple):  # question answering: start, end -> last axis
+                    out = torch.stack(out, dim=-1)
                 inputs.append(feed)
                 outputs.append(out.detach().float().numpy())
+                masks.append(_context_masks(encodings, feed) if case.documents else
+                             np.zeros(0, dtype=bool))
     finally:
         torch.set_num_threads(threads)
     return Reference(tuple(cases), tuple(inputs), tuple(outputs), time.perf_counter() - start,
-                     labels)
+                     labels, tuple(masks))
+
+
+def _context_masks(encodings: Sequence[Any], feed: dict[str, np.ndarray]) -> np.ndarray:
+    mask = np.zeros(feed["input_ids"].shape, dtype=bool)
+    for row, encoding in enumerate(encodings):
+        mask[row, :len(encoding.ids)] = context_mask(encoding)
+    return mask
 
 
 def run_onnx(model_path: Path, reference: Reference) -> list[np.ndarray]:
@@ -298,7 +333,13 @@ def run_onnx(model_path: Path, reference: Reference) -> list[np.ndarray]:
     # no spin-waiting between the many small runs: on a shared machine it only steals cores
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    return [session.run(None, feed)[0] for feed in reference.inputs]
+    return [_stacked(session.run(None, feed)) for feed in reference.inputs]
+
+
+def _stacked(outputs: list[Any]) -> np.ndarray:
+    """The one output, or several (question answering's start, end) stacked on a last axis."""
+    out: np.ndarray = outputs[0] if len(outputs) == 1 else np.stack(outputs, axis=-1)
+    return out
 
 
 def compare(
@@ -323,21 +364,30 @@ def compare(
             return ValidationResult(graph, False, float("inf"), float("inf"), -1.0, -1.0, None,
                                     0, f"output shape {out.shape} != PyTorch {ref.shape} "
                                     f"in case {case.name}")
-        if task is Task.TOKEN_CLASSIFICATION:
-            keep = feed["attention_mask"].astype(bool)
-            ref, out = ref[keep], out[keep]
-        diff = np.abs(ref - out)
+        if task is Task.QUESTION_ANSWERING:  # padding masked; a row's logits as one vector
+            keep = feed["attention_mask"].astype(bool)[..., None]
+            ref, out = np.where(keep, ref, 0.0), np.where(keep, out, 0.0)
+            diff = np.abs(ref - out)
+            cosines.append(row_cosine(ref, out))
+        else:
+            if task is Task.TOKEN_CLASSIFICATION:
+                keep = feed["attention_mask"].astype(bool)
+                ref, out = ref[keep], out[keep]
+            diff = np.abs(ref - out)
+            # a reranker's row is often one logit, whose cosine is only its sign: compare the
+            # batch's score columns instead
+            cosines.append(row_cosine(ref.T, out.T) if task is Task.RERANKING
+                           else row_cosine(ref, out))
         per_case[case.name] = float(diff.max())
         diffs.append(diff.reshape(-1))
-        # a reranker's row is often one logit, whose cosine is only its sign: compare the
-        # batch's score columns instead
-        cosines.append(row_cosine(ref.T, out.T) if task is Task.RERANKING
-                       else row_cosine(ref, out))
-        if task not in (Task.FEATURE_EXTRACTION, Task.RERANKING):
+        if task in (Task.TEXT_CLASSIFICATION, Task.TOKEN_CLASSIFICATION):
             agree.append(ref.argmax(-1) == out.argmax(-1))
     all_diff = np.concatenate(diffs)
     all_cos = np.concatenate(cosines)
     agreement = float(np.concatenate(agree).mean()) if agree else None
+    if task is Task.QUESTION_ANSWERING:
+        agreement = measure_spans(Split.SELECTION, list(reference.outputs), list(actual),
+                                  list(reference.context_masks)).agreement
     max_diff, min_cos = float(all_diff.max()), float(all_cos.min())
     selection = split_metrics(task, reference, actual, Split.SELECTION)
     report = split_metrics(task, reference, actual, Split.REPORT)
@@ -379,6 +429,11 @@ def split_metrics(
     texts = sum(len(c.texts) for c, *_ in picked)
     if task is Task.RERANKING:
         return measure_ranking(split, [r for _, _, r, _ in picked], [a for *_, a in picked])
+    if task is Task.QUESTION_ANSWERING:
+        masks = [m for c, m in zip(reference.cases, reference.context_masks, strict=True)
+                 if c.split is split]
+        return measure_spans(split, [r for _, _, r, _ in picked], [a for *_, a in picked],
+                             masks)
     if task is Task.TOKEN_CLASSIFICATION:
         keeps = [f["attention_mask"].astype(bool) for _, f, _, _ in picked]
         ref = np.concatenate([r[k] for (_, _, r, _), k in zip(picked, keeps, strict=True)])

@@ -54,6 +54,7 @@ from onnxguard.serve.auth import (
 from onnxguard.serve.compat import COMPAT_PATHS
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.models import check_model_allowed
+from onnxguard.serve.qa import QA_PATHS
 from onnxguard.serve.settings import DocsMode, ServeConfig
 
 log = logging.getLogger("onnxguard.serve")
@@ -94,7 +95,7 @@ def classify(path: str, docs: DocsMode) -> RouteClass:
         return RouteClass(path, None, audited=False)
     if path == "/metrics":
         return RouteClass(path, SCOPE_METRICS, audited=True)
-    if path in ("/v1/classify", "/v1/embed", "/v2") or path in COMPAT_PATHS:
+    if path in ("/v1/classify", "/v1/embed", "/v2") or path in COMPAT_PATHS or path in QA_PATHS:
         return RouteClass(path, SCOPE_INFER, audited=True)
     if path in DOCS_PATHS:
         if docs is DocsMode.PUBLIC:

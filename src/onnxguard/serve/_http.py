@@ -11,6 +11,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter, ValidationError
+from starlette.requests import Request
 from starlette.responses import Response
 
 from onnxguard.errors import HTTP_OUTCOMES, ApiError
@@ -28,6 +30,7 @@ __all__ = [
     "error_response",
     "json_response",
     "outcome_for",
+    "parse_json",
     "shown",
 ]
 
@@ -107,3 +110,19 @@ CONTEXT_KEY = "onnxguard.context"
 def context_of(scope: MutableMapping[str, Any]) -> RequestContext | None:
     ctx = scope.get(CONTEXT_KEY)
     return ctx if isinstance(ctx, RequestContext) else None
+
+
+async def parse_json(request: Request, adapter: TypeAdapter[Any]) -> Any:
+    """JSON body → model: 415 unless JSON, 400 if malformed, 422 if off-schema (never echoes)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, "Content-Type must be application/json")
+    body = await request.body()
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        if any(e.get("type") == "json_invalid" for e in errors):
+            raise ApiError(400, "request body is not valid JSON") from None
+        where = ".".join(str(p) for p in errors[0].get("loc", ())) or "body"
+        raise ApiError(422, f"{where}: {errors[0].get('msg', 'invalid')}") from None

@@ -45,6 +45,7 @@ from onnxguard.serve.auth import KeyStore
 from onnxguard.serve.compat import add_compat_routes
 from onnxguard.serve.metrics import CONTENT_TYPE, ServeMetrics
 from onnxguard.serve.models import Lifecycle, ModelSet, SingleBundle
+from onnxguard.serve.qa import QA_PATHS, add_qa_routes
 from onnxguard.serve.ratelimit import RateLimiter
 from onnxguard.serve.repository import Repository, is_repository
 from onnxguard.serve.service import EngineLoader, Service, default_loader, token_limiter
@@ -262,7 +263,7 @@ def create_app(
     app.state.onnxguard = handles
     _install_error_handlers(app)
     _add_v1_routes(app, models, metrics, shared)
-    add_compat_routes(app, models)
+    add_compat_routes(app, models, question_answering=add_qa_routes(app, models))
     app.include_router(make_router(models, lambda: handles.ready))
     add_repository_routes(app, repository, models)
     _openapi_for_the_task(app, models)
@@ -336,7 +337,10 @@ def _openapi_for_the_task(app: FastAPI, models: ModelSet) -> None:
         tasks = {s.service.engine.task for s in served}
         if Task.FEATURE_EXTRACTION not in tasks:
             paths.pop("/v1/embed", None)
-        if tasks == {Task.FEATURE_EXTRACTION}:
+        if Task.QUESTION_ANSWERING not in tasks:
+            for path in QA_PATHS:
+                paths.pop(path, None)
+        if tasks <= {Task.FEATURE_EXTRACTION, Task.QUESTION_ANSWERING}:
             paths.pop("/v1/classify", None)
         cached["schema"] = schema
         return schema
@@ -362,6 +366,8 @@ def _add_v1_routes(
         engine = service.engine
         if engine.task is Task.FEATURE_EXTRACTION:
             raise ApiError(400, "this model computes embeddings: use POST /v1/embed")
+        if engine.task is Task.QUESTION_ANSWERING:
+            raise ApiError(400, "this model answers questions: use POST /v1/answer")
         inference = await service.infer(texts, context_of(request.scope))
         if engine.task is Task.TOKEN_CLASSIFICATION:
             results = [

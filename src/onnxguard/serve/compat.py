@@ -26,19 +26,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.responses import Response
 from tokenizers import Encoding, Tokenizer
 
 from onnxguard import __version__
 from onnxguard.runtime import rank_results, softmax
-from onnxguard.serve._http import ApiError, context_of, json_response
+from onnxguard.serve._http import ApiError, context_of, json_response, parse_json
 from onnxguard.serve.models import ModelSet
 from onnxguard.serve.service import Inference, Service
 from onnxguard.tasks import Task
@@ -122,26 +122,11 @@ class CohereRerankRequest(BaseModel):
 
 _OPENAI = TypeAdapter(OpenAIEmbeddingsRequest)
 _RERANK = TypeAdapter(TEIRerankRequest)
+Handler = Callable[[Request], Awaitable[Response]]
 _COHERE_RERANK = TypeAdapter(CohereRerankRequest)
 _EMBED = TypeAdapter(TEIEmbedRequest)
 _PREDICT = TypeAdapter(TEIPredictRequest)
 _TOKENIZE = TypeAdapter(TEITokenizeRequest)
-
-
-async def _parse(request: Request, adapter: TypeAdapter[Any]) -> Any:
-    """JSON body → model: 415 unless JSON, 400 if malformed, 422 if off-schema (never echoes)."""
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        raise ApiError(415, "Content-Type must be application/json")
-    body = await request.body()
-    try:
-        return adapter.validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False)
-        if any(e.get("type") == "json_invalid" for e in errors):
-            raise ApiError(400, "request body is not valid JSON") from None
-        where = ".".join(str(p) for p in errors[0].get("loc", ())) or "body"
-        raise ApiError(422, f"{where}: {errors[0].get('msg', 'invalid')}") from None
 
 
 def _texts(inputs: str | list[str]) -> list[str]:
@@ -268,11 +253,14 @@ def _require(service: Service, task: Task, route: str) -> None:
                        f"{task.value} model")
 
 
-def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
+def add_compat_routes(
+    app: FastAPI, models: ModelSet, question_answering: Handler | None = None
+) -> None:
     """Register the OpenAI and TEI routes on ``app`` (the guard already covers every path).
 
     Each handler leases its model version first (``model`` in the OpenAI and Cohere bodies;
-    the TEI routes, which have no such field, use the server's default model)."""
+    the TEI routes, which have no such field, use the server's default model).
+    ``question_answering`` answers ``POST /`` for a question-answering model (``qa.py``)."""
     truncations: weakref.WeakKeyDictionary[Service, _Truncation] = weakref.WeakKeyDictionary()
 
     def truncation_for(service: Service) -> _Truncation:
@@ -299,7 +287,7 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
 
     @app.post("/v1/embeddings", tags=["openai"], summary="OpenAI-compatible embeddings")
     async def openai_embeddings(request: Request) -> Response:
-        body: OpenAIEmbeddingsRequest = await _parse(request, _OPENAI)
+        body: OpenAIEmbeddingsRequest = await parse_json(request, _OPENAI)
         service = lease(request, body.model)
         _require(service, Task.FEATURE_EXTRACTION, "/v1/embeddings")
         inference, _ = await run(service, request, _texts(body.input), False,
@@ -316,7 +304,7 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def tei_embed(request: Request) -> Response:
-        body: TEIEmbedRequest = await _parse(request, _EMBED)
+        body: TEIEmbedRequest = await parse_json(request, _EMBED)
         service = lease(request)
         _require(service, Task.FEATURE_EXTRACTION, "/embed")
         inference, cut = await run(service, request, _texts(body.inputs), body.truncate,
@@ -326,7 +314,7 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
         return json_response(vectors.tolist(), headers=headers)
 
     async def tei_predict(request: Request) -> Response:
-        body: TEIPredictRequest = await _parse(request, _PREDICT)
+        body: TEIPredictRequest = await parse_json(request, _PREDICT)
         service = lease(request)
         single, pairs = _predict_inputs(service, body.inputs)
         if pairs is not None:
@@ -376,7 +364,7 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
         return rank_results(logits, cut, raw_scores), cut
 
     async def tei_rerank(request: Request) -> Response:
-        body: TEIRerankRequest = await _parse(request, _RERANK)
+        body: TEIRerankRequest = await parse_json(request, _RERANK)
         ranked, cut = await rerank(lease(request), request, body.query, body.texts, body.truncate,
                                    body.truncation_direction, body.raw_scores, "/rerank")
         if body.return_text:
@@ -388,7 +376,7 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
     @app.post("/v1/rerank", tags=["cohere"], summary="Cohere-style reranking")
     async def cohere_rerank(request: Request) -> Response:
         """Cohere cuts over-long documents; here the cut is reported (meta and header)."""
-        body: CohereRerankRequest = await _parse(request, _COHERE_RERANK)
+        body: CohereRerankRequest = await parse_json(request, _COHERE_RERANK)
         service = lease(request, body.model)
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         ranked, cut = await rerank(service, request, body.query, texts, True,
@@ -414,11 +402,13 @@ def add_compat_routes(app: FastAPI, models: ModelSet) -> None:
             return await tei_embed(request)
         if service.engine.task is Task.RERANKING:
             return await tei_rerank(request)
+        if service.engine.task is Task.QUESTION_ANSWERING and question_answering is not None:
+            return await question_answering(request)
         return await tei_predict(request)
 
     @app.post("/tokenize", tags=["tei"], summary="TEI: tokenize texts")
     async def tei_tokenize(request: Request) -> Response:
-        body: TEITokenizeRequest = await _parse(request, _TOKENIZE)
+        body: TEITokenizeRequest = await parse_json(request, _TOKENIZE)
         service = lease(request)
         texts = service.prompted(_texts(body.inputs), body.prompt_name)  # what /embed runs
         service.check_texts(texts)

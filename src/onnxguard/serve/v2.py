@@ -277,6 +277,8 @@ def output_specs(engine: Engine) -> list[TensorSpec]:
         return [TensorSpec(engine.output_name, "FP32", [-1, _embedding_dim(engine)])]
     if engine.task is Task.RERANKING:  # single texts scored alone: the raw relevance logits
         return [TensorSpec(engine.output_name, "FP32", [-1, len(engine.labels) or -1])]
+    if engine.task is Task.QUESTION_ANSWERING:
+        return [TensorSpec(name, "FP32", [-1, -1]) for name in engine.manifest.outputs]
     return [TensorSpec("tokens", "BYTES", [-1])]
 
 
@@ -510,6 +512,8 @@ class _V2Routes:
         engine = service.engine
         body = await request.body()
         parsed = parse_infer_request(body, request.headers.get(_HEADER_LENGTH))
+        if engine.task is Task.QUESTION_ANSWERING:  # a V2 text tensor has no question/context
+            raise _bad("this model answers questions: use POST /v1/answer")
         inference = await service.infer(parsed.texts, context_of(request.scope))
         outputs = build_outputs(engine, inference, parsed.outputs)
         payload, header_length = encode_response(

@@ -51,6 +51,9 @@ def test_build_validate_quantize_predict(
     assert stages["export"]["opset"] >= 17
 
     engine = Engine.from_bundle(bundle)
+    if task == "question-answering":
+        _check_answer(engine)
+        return
     texts = ["the movie was good", "bad", "i love this film , it was great ! " * 3]
     results = engine.predict(texts)
     assert len(results) == len(texts)
@@ -67,6 +70,25 @@ def test_build_validate_quantize_predict(
     else:
         assert [t["token"] for t in results[1]["tokens"]] == ["bad"]
         assert results[1]["tokens"][0]["label"] in {"O", "B-X", "I-X"}
+
+
+def _check_answer(engine: Engine) -> None:
+    """Two named outputs; answers are spans of the context, ranked, within the length limit;
+    a long context is read in several windows."""
+    assert engine.manifest.outputs == ("start_logits", "end_logits")
+    assert engine.labels == []
+    context = "the movie was good but the film was bad"
+    answers = engine.answer("what was good ?", context, top_k=3, max_answer_len=4)
+    assert 1 <= len(answers) <= 3
+    scores = [a["score"] for a in answers]
+    assert scores == sorted(scores, reverse=True) and 0.0 < scores[0] <= 1.0
+    for a in answers:
+        assert context[a["start"]:a["end"]] == a["answer"] != ""
+        assert len(a["answer"].split()) <= 4
+    long_context = "i love this film , it was great ! " * 12
+    assert len(engine.windows.windows("what was great ?", long_context, 128)) > 1
+    best = engine.answer("what was great ?", long_context)[0]
+    assert long_context[best["start"]:best["end"]] == best["answer"]
 
 
 def _check_rerank(engine: Engine, results: list[dict[str, object]]) -> None:
