@@ -35,9 +35,11 @@ carries no information and is left out.
 
 Thresholds: the usual PSI rule of thumb, below :data:`WATCH` (0.1) no shift, between
 :data:`WATCH` and :data:`PSI_ALERT` (0.25) watch, above :data:`PSI_ALERT` act.  PSI of two samples
-of the same distribution is not 0: it is about ``(bins - 1) * (1/window + 1/reference_texts)``
-(about 0.02 for 10 bins, a window of 1,000 and 1,000 reference texts), which is why scores are
-reported only once :data:`MIN_TEXTS` texts are in the window.
+of the same distribution is not 0, and an empty bin alone adds about 0.7 (its share is floored at
+``epsilon``): on minilm-sst2 with a 436-text SST-2 reference, random SST-2 windows from the other
+half gave a largest-feature PSI of median 0.38 at 36 texts, 0.12 at 108, 0.065 (p95 0.10) at 200,
+0.033 at 436.  Hence no scores until :data:`MIN_TEXTS` texts are in the window, and a default
+window of 1,000.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ PSI_ALERT = 0.25
 """PSI above this: the traffic has shifted; investigate (re-validate on recent data)."""
 WATCH = 0.1
 """PSI between this and :data:`PSI_ALERT`: a moderate shift; keep watching."""
-MIN_TEXTS = 100
-"""Fewer texts in the window than this: no scores (sampling noise alone would exceed WATCH)."""
+MIN_TEXTS = 200
+"""Fewer texts in the window than this: no scores (sampling noise alone nears WATCH)."""
 PROJECTION_SEED = 14
 QUANTILES = tuple(i / 10 for i in range(1, 10))
 UNK_RATE_EDGES = (1e-9, 0.05, 0.2)

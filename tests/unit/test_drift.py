@@ -278,7 +278,7 @@ def test_window_is_thread_safe(tokenizer: Tokenizer) -> None:
             for _ in range(50):
                 window.observe(encodings, rows)
                 window.scores()
-        except BaseException as exc:  # noqa: BLE001 (reported below)
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
