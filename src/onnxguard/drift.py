@@ -31,7 +31,7 @@ Features, and why each:
 
 Quantile bins are the reference's deciles with open outer bins; edges that coincide (integer
 lengths, saturated probabilities) are merged.  A feature whose reference values are all equal
-carries no information and is left out.
+(within :data:`CONSTANT_SPREAD`) carries no information and is left out.
 
 Thresholds: the usual PSI rule of thumb, below :data:`WATCH` (0.1) no shift, between
 :data:`WATCH` and :data:`PSI_ALERT` (0.25) watch, above :data:`PSI_ALERT` act.  PSI of two samples
@@ -70,6 +70,9 @@ PROJECTION_SEED = 14
 QUANTILES = tuple(i / 10 for i in range(1, 10))
 UNK_RATE_EDGES = (1e-9, 0.05, 0.2)
 """Bins: no unknown token, under 5%, under 20%, 20% or more."""
+CONSTANT_SPREAD = 1e-4
+"""Values that all lie within this relative spread are one value plus float32 rounding (the
+norms of a normalizing graph spread over ~4e-7): binning them would measure rounding noise."""
 KL_ALPHA = 0.5
 """Additive (Jeffreys) smoothing of the window's counts for KL, so an empty bin is finite."""
 
@@ -125,6 +128,11 @@ class Reference:
             "seed": self.seed,
             "features": {name: h.to_dict() for name, h in self.features.items()},
         }
+
+    def summary(self) -> str:
+        """One line for ``onnxguard inspect``: texts, and each feature with its bin count."""
+        bins = ", ".join(f"{n} ({len(h.proportions)} bins)" for n, h in self.features.items())
+        return f"{self.texts} texts; {bins}"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Reference:
@@ -305,7 +313,7 @@ def _edges(name: str, values: np.ndarray, rows: Sequence[np.ndarray]) -> tuple[f
     if values.size == 0:
         return None
     spread = float(values.max() - values.min())
-    if spread <= 1e-6 * max(1.0, float(np.abs(values).max())):
+    if spread <= CONSTANT_SPREAD * max(1.0, float(np.abs(values).max())):
         return None
     edges = np.unique(np.quantile(values, QUANTILES))
     return tuple(float(e) for e in edges)

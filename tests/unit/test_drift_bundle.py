@@ -34,6 +34,7 @@ def test_built_bundle_carries_a_reference_the_engine_reproduces(
     raw = json.loads((bundle / MANIFEST_NAME).read_text())["drift_reference"]
     assert Reference.from_dict(raw) == ref
     assert Manifest.from_dict(json.loads(json.dumps(manifest.to_dict()))) == manifest
+    assert ref.summary().startswith(f"{ref.texts} texts; tokens (")  # onnxguard inspect's line
 
     engine = Engine.from_bundle(bundle)
     assert engine.drift_reference == ref
