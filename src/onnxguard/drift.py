@@ -44,6 +44,7 @@ window of 1,000.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -194,12 +195,15 @@ def _is_number(value: Any) -> bool:
 
 
 # --- features ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
 def direction(seed: int, width: int) -> np.ndarray:
-    """A fixed unit vector of ``width`` from ``seed`` (SHAKE-256: the same everywhere)."""
+    """A fixed unit vector of ``width`` from ``seed`` (SHAKE-256: the same everywhere); cached
+    and read-only, as every text of a window projects onto it."""
     raw = hashlib.shake_256(f"onnxguard-drift:{seed}:{width}".encode()).digest(8 * width)
     ints = np.frombuffer(raw, dtype="<u8").astype(np.float64)
     vec = ints / float(2**64) * 2.0 - 1.0
     result: np.ndarray = vec / np.linalg.norm(vec)
+    result.setflags(write=False)
     return result
 
 
