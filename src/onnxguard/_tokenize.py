@@ -39,6 +39,18 @@ def pad_id_of(tokenizer: Tokenizer) -> int:
     return 0
 
 
+def unk_id_of(tokenizer: Tokenizer) -> int | None:
+    """The unknown token's id (WordPiece/BPE/WordLevel ``unk_token``, Unigram ``<unk>``), or None
+    when the tokenizer has none (byte-level BPE never produces an unknown token)."""
+    names = [getattr(tokenizer.model, "unk_token", None), "[UNK]", "<unk>", "<UNK>"]
+    for token in names:
+        if isinstance(token, str) and token:
+            token_id = tokenizer.token_to_id(token)
+            if token_id is not None:
+                return int(token_id)
+    return None
+
+
 def pad_batch(
     encodings: Sequence[Encoding],
     input_names: Sequence[str],

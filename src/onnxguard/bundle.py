@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from onnxguard._files import atomic_write
+from onnxguard.drift import Reference as DriftReference
 from onnxguard.errors import (
     BundleError,
     BundleNotFoundError,
@@ -94,6 +95,8 @@ class Manifest:
     stages: dict[str, Any] = field(default_factory=dict)
     files: dict[str, FileEntry] = field(default_factory=dict)
     encryption: dict[str, Any] | None = None
+    drift_reference: DriftReference | None = None
+    """Build-time drift statistics of the validation texts (``drift``); None in older bundles."""
     created: str = ""
     format: str = FORMAT_VERSION
 
@@ -126,6 +129,8 @@ class Manifest:
             data["prompts"] = self.prompts.to_dict()
         if self.encryption is not None:
             data["encryption"] = self.encryption
+        if self.drift_reference is not None:
+            data["drift_reference"] = self.drift_reference.to_dict()
         return data
 
     @classmethod
@@ -153,6 +158,8 @@ class Manifest:
                 stages=dict(data.get("stages") or {}),
                 files={str(k): file_entry(v) for k, v in data["files"].items()},
                 encryption=data.get("encryption"),
+                drift_reference=(DriftReference.from_dict(data["drift_reference"])
+                                 if data.get("drift_reference") is not None else None),
                 created=str(data.get("created", "")),
                 format=fmt,
             )

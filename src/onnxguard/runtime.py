@@ -11,7 +11,7 @@ padded only to its own longest text (SST-2 averages ~25 tokens; fixed padding to
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ import onnxruntime as ort
 from tokenizers import Encoding
 
 from onnxguard._qa import ContextWindow, WindowTokenizer, decode_answers
-from onnxguard._tokenize import load_tokenizer, pad_batch, pad_id_of
+from onnxguard._tokenize import load_tokenizer, pad_batch, pad_id_of, unk_id_of
+from onnxguard.drift import Reference as DriftReference
 from onnxguard.errors import (
     EmptyTextError,
     EngineError,
@@ -93,6 +94,8 @@ class Engine:
         self.tokenizer = load_tokenizer(loaded.tokenizer_json, self.max_length)
         self.pad_id = pad_id_of(self.tokenizer)
         self.windows = WindowTokenizer(self.tokenizer, self.max_length)
+        self.unk_id = unk_id_of(self.tokenizer)
+        """The tokenizer's unknown-token id (None: it has none); drift's ``unk_rate`` counts it."""
         self.threads = self.config.intra_op_threads or available_cores()
         self.session, self.provider_notes = self._create_session(loaded.model_bytes)
         self.providers = list(self.session.get_providers())
@@ -127,6 +130,11 @@ class Engine:
     @property
     def digest(self) -> str:
         return self.bundle.digest
+
+    @property
+    def drift_reference(self) -> DriftReference | None:
+        """The build's drift statistics (None for bundles built before they were recorded)."""
+        return self.manifest.drift_reference
 
     @property
     def output_name(self) -> str:
@@ -205,16 +213,8 @@ class Engine:
     def _run_encoded(
         self, encodings: Sequence[Encoding], batch_size: int | None = None
     ) -> list[np.ndarray]:
-        size = batch_size or self.config.batch_size
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        results: list[np.ndarray] = [np.empty(0)] * len(encodings)
-        for start in range(0, len(order), size):
-            idx = order[start:start + size]
-            out = self.run_batch([encodings[i] for i in idx])
-            for row, i in enumerate(idx):
-                n = len(encodings[i].ids)
-                results[i] = out[row, :n] if self.task.per_token else out[row]
-        return results
+        return rows_per_text(self.run_batch, encodings, batch_size or self.config.batch_size,
+                             self.task)
 
     def predict(
         self, texts: Sequence[str], batch_size: int | None = None, *,
@@ -361,6 +361,24 @@ class Engine:
             f"ONNX Runtime could not load the model: {last_error}",
             hint="rebuild the bundle, or choose other providers with --providers",
         ) from last_error
+
+
+def rows_per_text(
+    run: Callable[[Sequence[Encoding]], np.ndarray], encodings: Sequence[Encoding], size: int,
+    task: Task,
+) -> list[np.ndarray]:
+    """Outputs in input order from length-sorted batches: one row per text (per token, cut to
+    the text's length, for token classification and question answering).  The build's drift
+    reference uses it too, so its rows are exactly the server's."""
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+    results: list[np.ndarray] = [np.empty(0)] * len(encodings)
+    for start in range(0, len(order), size):
+        idx = order[start:start + size]
+        out = run([encodings[i] for i in idx])
+        for row, i in enumerate(idx):
+            n = len(encodings[i].ids)
+            results[i] = out[row, :n] if task.per_token else out[row]
+    return results
 
 
 def check_texts(texts: Sequence[str]) -> None:

@@ -58,6 +58,8 @@ def render_manifest(manifest: Manifest, *, signed: bool | None = None) -> None:
     rows.append(("max length", str(manifest.max_length)))
     rows += [(f"stage: {name}", _summarize_stage(result))
              for name, result in manifest.stages.items()]
+    if manifest.drift_reference is not None:
+        rows.append(("drift reference", manifest.drift_reference.summary()))
     rows += [(f"file: {name}", f"{entry['size']:,} B  sha256 {entry['sha256'][:16]}…")
              for name, entry in manifest.files.items()]
     if signed is not None:

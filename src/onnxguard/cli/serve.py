@@ -45,6 +45,10 @@ def serve_command(
         None, "--default-model",
         help="Repository: the model of requests that name none (default: the only one).",
     ),
+    drift_window: int = typer.Option(
+        1000, "--drift-window", metavar="TEXTS",
+        help="Texts per model version compared with the bundle's drift reference (0: off).",
+    ),
     repository_poll: float = typer.Option(
         5.0, "--repository-poll", metavar="SECONDS",
         help="Repository: look for new, changed and removed versions this often (0: never).",
@@ -214,6 +218,7 @@ def serve_command(
         model_name=model_name,
         default_model=default_model,
         repository_poll_s=repository_poll,
+        drift_window=drift_window,
         api_keys_file=api_keys_file,
         allow_unauthenticated=allow_unauthenticated,
         rate_limit=RateLimit.parse(rate_limit),

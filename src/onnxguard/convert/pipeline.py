@@ -46,6 +46,7 @@ from onnxguard.convert.validate import (
     read_validation_data,
     run_onnx,
 )
+from onnxguard.drift import Reference as DriftReference
 from onnxguard.errors import MissingTokenizerError, UsageError, ValidationFailedError
 from onnxguard.scan._rules import Severity
 from onnxguard.source import ResolvedSource, resolve_source
@@ -311,6 +312,9 @@ def _bundle_stage(
         stages=stages,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    manifest = replace(manifest, drift_reference=_drift_reference(model, decision.path, data))
+    timer.done("drift", f"reference statistics of {len(data.texts)} texts through the shipped "
+               "graph")
     manifest = replace(manifest, files=file_entries(
         staged, [p.name for p in staged.iterdir() if p.is_file()]
     ))
@@ -340,6 +344,40 @@ def _validation_record(
                    f"shape-case sequences = {graphs.fp32_check.sequences} sequences per graph",
         "reference_seconds": round(graphs.reference.seconds, 2),
     }
+
+
+def _drift_reference(model: _Model, shipped: Path, data: ValidationData) -> DriftReference:
+    """Drift statistics of the validation texts through the shipped graph, tokenized and run
+    as the server does (``runtime.rows_per_text``), so live windows compare like with like.
+    A reranker sees each text paired with the next, as in validation; question answering, a
+    question about each text with the text as its context."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxguard._tokenize import pad_batch, pad_id_of, unk_id_of
+    from onnxguard.convert.validate import qa_pairs
+    from onnxguard.drift import reference_from
+    from onnxguard.runtime import rows_per_text
+
+    texts = list(data.texts)
+    items: list[Any] = texts
+    if model.task is Task.RERANKING:
+        items = [(t, texts[(i + 1) % len(texts)]) for i, t in enumerate(texts)]
+    elif model.task is Task.QUESTION_ANSWERING:
+        items = qa_pairs(texts)
+    encodings = model.tokenizer.encode_batch(items)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(shipped), opts, providers=["CPUExecutionProvider"])
+    pad, outputs = pad_id_of(model.tokenizer), [o.name for o in session.get_outputs()]
+
+    def run(batch: Any) -> Any:  # as Engine.run_batch: several outputs stacked on a last axis
+        out = session.run(outputs, pad_batch(batch, model.input_names, pad))
+        return out[0] if len(out) == 1 else np.stack(out, axis=-1)
+
+    rows = rows_per_text(run, encodings, 32, model.task)
+    return reference_from(encodings, rows, model.task, unk_id_of(model.tokenizer))
 
 
 def _scan(path: Path, config: BuildConfig, hub_cache: bool) -> Any:

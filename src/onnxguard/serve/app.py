@@ -206,6 +206,7 @@ def create_app(
         service = Service(config, metrics, loader or default_loader(config), tokens=tokens)
         lifecycle = SingleBundle(service, on_ready=lambda: metrics.ready.set(1))
     models = lifecycle.models
+    metrics.before_render.append(lambda: _export_drift(models, metrics))
 
     def fatal(exc: BaseException) -> None:
         if on_fatal is not None:
@@ -294,6 +295,22 @@ def create_app(
             max_age=600,
         )
     return app
+
+
+def _export_drift(models: ModelSet, metrics: ServeMetrics) -> None:
+    """Drift gauges of the versions served now (a retired version's series disappear)."""
+    for gauge in (metrics.drift_psi, metrics.drift_kl, metrics.drift_texts):
+        gauge.clear()
+    for served in models.served():
+        window = served.service.drift
+        if window is None:
+            continue
+        version = str(served.version)
+        metrics.drift_texts.labels(served.name, version).set(window.count)
+        for feature, value in window.scores().items():
+            metrics.drift_psi.labels(served.name, version, feature).set(value)
+        for feature, value in window.kl().items():
+            metrics.drift_kl.labels(served.name, version, feature).set(value)
 
 
 def _audit_log(config: ServeConfig) -> AuditLog | None:

@@ -6,6 +6,8 @@ raw path, and ``status`` is the HTTP status code, so a client cannot grow the la
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -110,6 +112,27 @@ class ServeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.drift_psi = Gauge(
+            "onnxguard_drift_psi",
+            "Population stability index of live traffic against the bundle's drift reference, "
+            "by model version and feature (watch above 0.1, act above 0.25).",
+            ["model", "version", "feature"],
+            registry=r,
+        )
+        self.drift_kl = Gauge(
+            "onnxguard_drift_kl",
+            "KL divergence (window || reference) by model version and feature.",
+            ["model", "version", "feature"],
+            registry=r,
+        )
+        self.drift_texts = Gauge(
+            "onnxguard_drift_window_texts",
+            "Texts in the drift window (scores appear from 200).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.before_render: list[Callable[[], None]] = []
+        """Called before each exposition (metrics computed on demand, e.g. drift)."""
         self.lifecycle = Counter(
             "onnxguard_model_lifecycle",
             "Model repository events by model and action (load, unload, rollback, refused).",
@@ -143,4 +166,6 @@ class ServeMetrics:
             self.queue_wait.observe(wait)
 
     def render(self) -> bytes:
+        for update in self.before_render:
+            update()
         return generate_latest(self.registry)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tokenizers import Encoding
 
+from onnxguard.drift import DriftWindow
 from onnxguard.errors import (
     InferenceFailedError,
     ModelRefusedError,
@@ -38,7 +39,6 @@ from onnxguard.serve.batching import Batcher, BatchResult, TextInput
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.ratelimit import RateLimiter
 from onnxguard.serve.settings import RateLimit, ServeConfig
-from onnxguard.tasks import Task
 
 if TYPE_CHECKING:
     from onnxguard.runtime import Engine
@@ -136,6 +136,8 @@ class Service:
         self.load_seconds: float | None = None
         self._leases = 0
         self._released = threading.Condition()
+        self.drift: DriftWindow | None = None
+        """Live statistics against the bundle's drift reference (None: the bundle has none)."""
         self.tokens: Limiter | None = tokens
         if tokens is None and config.token_limit is not None:
             self.tokens = token_limiter(config.token_limit)
@@ -174,9 +176,12 @@ class Service:
             engine,
             self.config.batching,
             max_tokens=self.config.limits.max_tokens,
-            per_token_output=engine.task is Task.TOKEN_CLASSIFICATION,
+            per_token_output=engine.task.per_token,
             metrics=self.metrics,
         )
+        reference = engine.drift_reference
+        if reference is not None and self.config.drift_window > 0:
+            self.drift = DriftWindow(reference, window=self.config.drift_window)
         with self._lock:
             if self._stopped:
                 return
@@ -342,6 +347,8 @@ class Service:
         if self.tokens is not None:
             used = sum(len(e.ids) for e in result.encodings)
             self.tokens.charge(tenant, used - reserved)
+        if self.drift is not None:  # bin counts only: nothing of the text is kept
+            self.drift.observe(result.encodings, result.rows)
         return Inference(items, result.encodings, result.rows)
 
     async def _run(

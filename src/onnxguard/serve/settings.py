@@ -230,6 +230,9 @@ class ServeConfig:
     """Name in the V2 paths; default: the bundle's name (a repository: the directory names)."""
     default_model: str | None = None
     """A repository: the model of requests that name none (default: the only one)."""
+    drift_window: int = 1000
+    """Texts per model version whose statistics are compared with the bundle's drift reference
+    (``/metrics``); 0 turns drift statistics off."""
     repository_poll_s: float = 5.0
     """A repository: seconds between looks for new, changed and removed versions (0: never;
     the admin routes still load and unload)."""
@@ -293,6 +296,8 @@ class ServeConfig:
             r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", self.default_model
         ):
             raise UsageError(f"--default-model {self.default_model!r} is not a model name")
+        if not 0 <= self.drift_window <= 1_000_000:
+            raise UsageError("--drift-window must be 0 (off) to 1000000 texts")
         if not 0 <= self.repository_poll_s <= 86_400:
             raise UsageError("--repository-poll must be 0 (off) to 86400 seconds")
         for origin in self.cors_origins:
