@@ -18,6 +18,7 @@ from onnxguard.errors import RepositoryError
 from onnxguard.integrity.keys import generate_signing_keypair
 from onnxguard.integrity.signing import sign_bundle
 from onnxguard.serve.app import create_app
+from onnxguard.serve.audit import verify_chain
 from onnxguard.serve.auth import generate_secret, key_line
 from onnxguard.serve.settings import AuditSettings, BatchSettings, RateLimit, ServeConfig
 from onnxguard.serve.testing import BackgroundServer
@@ -265,6 +266,7 @@ def test_rollback_restores_the_previous_version_and_load_undoes_it(
         assert client.post("/v2/repository/models/nope/load").status_code == 404
     actions = [(r["action"], r["version"], r["key_id"]) for r in _audit(tmp_path, "lifecycle")]
     assert ("rollback", "1", "ops") in actions and ("unload", "2", "ops") in actions
+    assert verify_chain(tmp_path / "audit.jsonl").ok  # lifecycle records are in the hash chain
 
 def test_admin_scope_and_keys_restricted_to_models(
     builds: dict[str, Path], tmp_path: Path, serving: Callable[..., Any]

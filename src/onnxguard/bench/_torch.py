@@ -17,21 +17,14 @@ from onnxguard.tasks import Pooling, PoolingSpec, Task
 
 def load_baseline(spec: dict[str, Any]) -> tuple[Any, str]:
     """(task wrapper module in eval mode, attention implementation actually used)."""
-    import transformers
     from transformers.utils import logging as hf_logging
 
-    from onnxguard.convert.export import _TaskWrapper, _translate_load_error
+    from onnxguard.convert.export import _TaskWrapper, _translate_load_error, auto_class
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     model_dir = Path(spec["model_dir"])
     task = Task(spec["task"])
-    classes = {
-        Task.TEXT_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
-        Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
-        Task.FEATURE_EXTRACTION: transformers.AutoModel,
-        Task.RERANKING: transformers.AutoModelForSequenceClassification,
-    }
     if not any(model_dir.glob("*.safetensors")):
         raise UnsafeFormatError(
             f"{model_dir} has no safetensors weights; the PyTorch baseline loads only those",
@@ -40,7 +33,7 @@ def load_baseline(spec: dict[str, Any]) -> tuple[Any, str]:
         )
     attention = str(spec.get("attention") or "sdpa")
     try:
-        model = classes[task].from_pretrained(
+        model = auto_class(task).from_pretrained(
             str(model_dir), attn_implementation=attention, trust_remote_code=False,
             use_safetensors=True, local_files_only=True,
         )

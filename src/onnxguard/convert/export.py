@@ -47,21 +47,25 @@ class ExportResult:
         }
 
 
+def auto_class(task: Task) -> Any:
+    """The transformers Auto class of a task's model (the export and the bench's baseline)."""
+    import transformers
+
+    return {
+        Task.TEXT_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
+        Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
+        Task.FEATURE_EXTRACTION: transformers.AutoModel,
+        Task.RERANKING: transformers.AutoModelForSequenceClassification,
+        Task.QUESTION_ANSWERING: transformers.AutoModelForQuestionAnswering,
+    }[task]
+
+
 def load_torch_model(model_dir: Path, task: Task, *, allow_pickle: bool = False) -> torch.nn.Module:
     """A fresh eval-mode model with eager attention, from safetensors only (unless allowed).
 
     Never ``trust_remote_code``.  With ``allow_pickle`` (after a clean scan), transformers loads
     ``pytorch_model.bin`` through ``torch.load(weights_only=True)``.
     """
-    import transformers
-
-    classes = {
-        Task.TEXT_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
-        Task.TOKEN_CLASSIFICATION: transformers.AutoModelForTokenClassification,
-        Task.FEATURE_EXTRACTION: transformers.AutoModel,
-        Task.RERANKING: transformers.AutoModelForSequenceClassification,
-        Task.QUESTION_ANSWERING: transformers.AutoModelForQuestionAnswering,
-    }
     has_safetensors = any(model_dir.glob("*.safetensors"))
     if not has_safetensors and not allow_pickle:
         pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
@@ -74,7 +78,7 @@ def load_torch_model(model_dir: Path, task: Task, *, allow_pickle: bool = False)
     for weights in sorted(model_dir.glob("*.safetensors")):
         check_safetensors(weights)
     try:
-        model = classes[task].from_pretrained(
+        model = auto_class(task).from_pretrained(
             str(model_dir),
             attn_implementation="eager",
             trust_remote_code=False,
