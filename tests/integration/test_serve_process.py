@@ -444,3 +444,4 @@ def test_exit_codes_match_the_table_in_serving_md(
     for name, (code, result) in cases.items():
         assert result.returncode == code, (name, result.stderr)
         assert code in table, name
+    assert "nor a model repository" in _one_error(cases["not a bundle"][1])

@@ -25,8 +25,16 @@ import uvicorn
 import uvicorn.config
 from fastapi import FastAPI
 
-from onnxguard.errors import BundleNotFoundError, OnnxGuardError, ServeError, UsageError
+from onnxguard.bundle import MANIFEST_NAME
+from onnxguard.errors import (
+    BundleError,
+    BundleNotFoundError,
+    OnnxGuardError,
+    ServeError,
+    UsageError,
+)
 from onnxguard.serve._connections import ConnectionTable, protocol_class
+from onnxguard.serve.repository import is_repository
 from onnxguard.serve.settings import ServeConfig
 
 log = logging.getLogger("onnxguard.serve")
@@ -128,10 +136,18 @@ def check_startup(config: ServeConfig) -> None:
             "model",
             hint="bind 127.0.0.1, or pass --api-keys-file",
         )
-    if not Path(config.bundle).is_dir():
+    path = Path(config.bundle)
+    if not path.is_dir():
         raise BundleNotFoundError(
             f"bundle directory {config.bundle} does not exist",
             hint="build one with `onnxguard build SOURCE -o DIR`",
+        )
+    if not (path / MANIFEST_NAME).exists() and not is_repository(path):
+        raise BundleError(
+            f"{path} is neither an onnxguard bundle ({MANIFEST_NAME} is missing) nor a model "
+            "repository (no NAME/VERSION/ directories)",
+            hint="pass the directory `onnxguard build -o DIR` wrote, or a repository with "
+            "bundles at NAME/VERSION/ (e.g. `onnxguard build SOURCE -o REPO/mymodel/1`)",
         )
 
 
