@@ -79,7 +79,10 @@ def choose(
                       "first within the budget on the selection split is confirmed on the "
                       "report split and must be measurably faster than fp32")
     fp32_cost = graph_cost(fp32)
-    pool = _ranked(quantize_candidates(fp32, work, candidates_for(mode), calibration_feeds), mode)
+    # smoothing statistics come from --calibration texts, else from the selection split (never
+    # the report split, which confirms the choice)
+    feeds = list(calibration_feeds) or selection_feeds(reference)
+    pool = _ranked(quantize_candidates(fp32, work, candidates_for(mode), feeds), mode)
     best: _Judged | None = None
     while pool and best is None:
         graph, cost = pool.pop(0)
@@ -127,8 +130,7 @@ def _sensitivity_candidates(
     from onnxguard.convert.sensitivity import rank_nodes
 
     start = time.perf_counter()
-    feeds = [f for c, f in zip(reference.cases, reference.inputs, strict=True)
-             if c.split is Split.SELECTION]
+    feeds = selection_feeds(reference)
     step = max(1, len(feeds) // SENSITIVITY_BATCHES)
     ranked = rank_nodes(work / "model.fp32.unfused-ln.onnx", full.graph.path,
                         feeds[::step][:SENSITIVITY_BATCHES], work)
@@ -160,6 +162,12 @@ def _fp32(fp32: Path, record: dict[str, Any], why: str) -> Decision:
         "--max-accuracy-drop / --min-cosine / --min-recall"
     )
     return Decision(fp32, "fp32", record)
+
+
+def selection_feeds(reference: Reference) -> list[dict[str, np.ndarray]]:
+    """The selection split's batches (they choose; the report split only confirms)."""
+    return [f for c, f in zip(reference.cases, reference.inputs, strict=True)
+            if c.split is Split.SELECTION]
 
 
 def speed_feeds(reference: Reference) -> list[dict[str, np.ndarray]]:
