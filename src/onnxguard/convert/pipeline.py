@@ -238,15 +238,17 @@ def _fp32_stages(
     return _Graphs(exported, optimized, reference, export_check, fp32_check)
 
 
-BUILTIN_EMBEDDING_MIN_RECALL = 0.99
-"""Without the user's texts, int8 embeddings must keep recall@10 >= 0.99 on the built-in set.
+BUILTIN_EMBEDDING_MIN_RECALL = 0.975
+"""Without the user's texts, int8 embeddings must keep recall@10 >= 0.975 on the built-in set.
 
-The built-in texts span many domains, which flatters neighbour rankings: the default model's
-``dynamic-int8-attention-only`` graph keeps recall@10 0.960 on the built-in report split but
-0.922 on SST-2 dev (one domain, never seen by the build), below the 0.95 budget.  The built-in
-set cannot speak for a user's corpus, so it must show a margin; ``--validation-data`` with texts
-like the user's decides with the plain budget.  A ``--min-recall`` other than the default is
-taken as given."""
+The built-in texts span many domains, which flatters neighbour rankings: a graph loses about
+1.5-2x as many of PyTorch's ten nearest neighbours on SST-2 dev (one domain, never seen by the
+build) as on the built-in selection split.  Measured on the default model (selection -> SST-2):
+``dynamic-int8`` 0.910 -> 0.846, ``dynamic-int8-attention-only`` 0.960 -> 0.922, per-token
+variants 0.966 -> 0.950, 0.969 -> 0.949, 0.973 -> 0.952 (0.957), and every variant at >= 0.974
+kept >= 0.960 (``dynamic-int8-smooth-per-token``: 0.978 -> 0.964).  So 0.975 on the built-in set
+stands for the 0.95 budget on unseen text; ``--validation-data`` with texts like the user's
+decides with the plain budget.  A ``--min-recall`` other than the default is taken as given."""
 
 
 def _with_builtin_recall_margin(config: BuildConfig, task: Task) -> BuildConfig:
