@@ -249,12 +249,18 @@ def _quantize(
         step(f"quantizing ({name})")
         t0 = time.perf_counter()
         feeds: list[Any] = []
-        if static:
+        if static or candidate.smooth_per_token:
             from onnxguard._tokenize import load_tokenizer
+            from onnxguard.convert.gate import Split, split_of
             from onnxguard.convert.pipeline import _calibration_feeds
+            from onnxguard.convert.validate import builtin_sentences
 
             tokenizer = load_tokenizer(tokenizer_json, max_length)
-            feeds = _calibration_feeds(tokenizer, inputs, list(calibration))
+            # smoothing statistics: --calibration texts, else the built-in selection split,
+            # as the build does without --validation-data
+            texts = list(calibration) or [t for t in builtin_sentences()
+                                          if split_of(t) is Split.SELECTION]
+            feeds = _calibration_feeds(tokenizer, inputs, texts)
         with _quiet_root_logger():
             out = next(quantize_candidates(fp32, work, [candidate], feeds)).path
         seconds[f"quantize:{name}"] = time.perf_counter() - t0

@@ -144,3 +144,16 @@ def test_tiny_embedding_model_gets_the_candidate(
     assert smooth["cost"]["ops"]["MatMulInteger"] >= 1
     assert smooth["estimated_speedup_vs_fp32"] < attempts["dynamic-int8"][
         "estimated_speedup_vs_fp32"]
+
+
+def test_bench_builds_the_candidate_without_calibration_file(
+    tiny_model_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    """``bench --int8 dynamic-int8-smooth-per-token`` calibrates on the built-in selection split."""
+    from onnxguard.bench._prepare import graph_ops, prepare
+
+    model = prepare(str(tiny_model_factory("bert", "text-classification")), tmp_path,
+                    int8=("dynamic-int8-smooth-per-token",))
+    engine = next(e for e in model.engines if e.role == "candidate")
+    assert "dynamic-int8-smooth-per-token" in engine.description
+    assert graph_ops(engine.path)["MatMulInteger"] >= 1
