@@ -42,6 +42,7 @@ SMOOTH_ALPHA = 0.5
 GPTQ_DAMP = 0.01
 """Dampening of the Gram matrix (share of its mean diagonal), as in the GPTQ paper."""
 SCALE_CLIP = (1e-3, 1e3)
+TINY_RANGE = "smoothquant/tiny_range"
 GRAM_CHUNK_ROWS = 4096
 """Tokens per Gram-matrix product (per-batch rank-160 updates took 10 s of a 20 s build)."""
 
@@ -192,6 +193,9 @@ def _per_token(model: Any, weight_names: Sequence[str]) -> None:
 
     inits = {i.name: i for i in model.graph.initializer}
     wanted = set(weight_names)
+    if TINY_RANGE not in inits:
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array(1e-30, dtype=np.float32), TINY_RANGE))
     nodes = []
     for node in model.graph.node:
         if node.op_type != "MatMul" or node.input[1] not in wanted:
@@ -204,7 +208,9 @@ def _per_token(model: Any, weight_names: Sequence[str]) -> None:
         nodes += [
             helper.make_node("ReduceMax", [x], [f"{b}/row_max"], axes=[-1], keepdims=1),
             helper.make_node("ReduceMin", [x], [f"{b}/row_min"], axes=[-1], keepdims=1),
-            helper.make_node("Sub", [f"{b}/row_max", f"{b}/row_min"], [f"{b}/row_range"]),
+            helper.make_node("Sub", [f"{b}/row_max", f"{b}/row_min"], [f"{b}/row_spread"]),
+            # a constant row (range 0) gives 0 / tiny = 0 and then exactly min * colsum
+            helper.make_node("Max", [f"{b}/row_spread", TINY_RANGE], [f"{b}/row_range"]),
             helper.make_node("Sub", [x, f"{b}/row_min"], [f"{b}/shifted"]),
             helper.make_node("Div", [f"{b}/shifted", f"{b}/row_range"], [f"{b}/unit"]),
         ]

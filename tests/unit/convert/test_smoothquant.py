@@ -82,6 +82,10 @@ def test_smoothing_and_per_token_rewrite_keep_the_fp32_outputs(tmp_path: Path) -
     assert ops.count("ReduceMin") == ops.count("ReduceMax") == 2
     assert not list(tmp_path.glob("smoothquant.stats*"))  # the stats graph is removed
     np.testing.assert_allclose(_run(rewritten, feeds), _run(src, feeds), rtol=1e-4, atol=1e-4)
+    # a constant row (zero range, e.g. an all-zero input) stays finite and exact
+    flat = [{"x": np.full((2, TOKENS, K), 0.5, dtype=np.float32)}]
+    flat[0]["x"][1] = 0.0
+    np.testing.assert_allclose(_run(rewritten, flat), _run(src, flat), rtol=1e-4, atol=1e-5)
 
 
 def test_int8_graph_runs_integer_kernels_and_beats_plain_dynamic(tmp_path: Path) -> None:
