@@ -25,10 +25,11 @@ releases the GIL), never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,6 +46,8 @@ from onnxguard.errors import (
 )
 from onnxguard.serve.metrics import ServeMetrics
 from onnxguard.serve.settings import BatchSettings
+
+log = logging.getLogger("onnxguard.serve")
 
 _ACTIVE_S = 1.0
 
@@ -109,12 +112,16 @@ class Batcher:
         max_tokens: int | None = None,
         per_token_output: bool = False,
         metrics: ServeMetrics | None = None,
+        observe: Callable[[Sequence[Encoding], Sequence[np.ndarray]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.max_tokens = max_tokens
         self.per_token_output = per_token_output
         self.metrics = metrics
+        self.observe = observe
+        """Called with each batch's encodings and rows before its requests are handed back (drift
+        statistics: in this worker thread, never on the event loop)."""
         self._cond = threading.Condition()
         self._incoming: list[_Request] = []
         self._pending: list[_Item] = []
@@ -388,18 +395,24 @@ class Batcher:
                 [started - item.enqueued for item in batch],
             )
         done: defaultdict[asyncio.AbstractEventLoop, list[_Request]] = defaultdict(list)
+        rows: list[np.ndarray] = []
         with self._cond:
             for row, item in enumerate(batch):
                 request = item.request
                 if error is not None:
                     request.error = error
                 elif output is not None:
-                    request.results[item.index] = (
-                        output[row, : item.length] if self.per_token_output else output[row]
-                    )
+                    result = output[row, : item.length] if self.per_token_output else output[row]
+                    request.results[item.index] = result
+                    rows.append(result)
                 request.remaining -= 1
                 if request.remaining == 0:
                     done[request.loop].append(request)
+        if self.observe is not None and rows:  # before the hand-back: a response implies counted
+            try:
+                self.observe([item.encoding for item in batch], rows)
+            except Exception as exc:  # statistics must never stop the worker
+                log.error("drift statistics not updated: %s", type(exc).__name__)
         _notify(done)
 
 

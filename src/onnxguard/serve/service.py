@@ -172,16 +172,17 @@ class Service:
         started = time.monotonic()
         engine = self._loader()
         self._warm_up(engine)
+        reference = engine.drift_reference
+        if reference is not None and self.config.drift_window > 0:
+            self.drift = DriftWindow(reference, window=self.config.drift_window)
         batcher = Batcher(
             engine,
             self.config.batching,
             max_tokens=self.config.limits.max_tokens,
             per_token_output=engine.task.per_token,
             metrics=self.metrics,
+            observe=self.drift.observe if self.drift is not None else None,
         )
-        reference = engine.drift_reference
-        if reference is not None and self.config.drift_window > 0:
-            self.drift = DriftWindow(reference, window=self.config.drift_window)
         with self._lock:
             if self._stopped:
                 return
@@ -347,8 +348,6 @@ class Service:
         if self.tokens is not None:
             used = sum(len(e.ids) for e in result.encodings)
             self.tokens.charge(tenant, used - reserved)
-        if self.drift is not None:  # bin counts only: nothing of the text is kept
-            self.drift.observe(result.encodings, result.rows)
         return Inference(items, result.encodings, result.rows)
 
     async def _run(
