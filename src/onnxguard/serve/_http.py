@@ -7,7 +7,7 @@ name the limit or field at fault and never echo the request's text back.
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "RequestContext",
     "ServeState",
     "context_of",
+    "describe_errors",
     "error_body",
     "error_response",
     "json_response",
@@ -113,9 +114,13 @@ def context_of(scope: MutableMapping[str, Any]) -> RequestContext | None:
 
 
 async def parse_json(request: Request, adapter: TypeAdapter[Any]) -> Any:
-    """JSON body → model: 415 unless JSON, 400 if malformed, 422 if off-schema (never echoes)."""
+    """A JSON body validated in one pass (pydantic-core ``validate_json``): 415 unless JSON
+    (``application/json`` or ``application/*+json``), 400 if malformed, 422 if off-schema;
+    messages never echo the input."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json":
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
         raise ApiError(415, "Content-Type must be application/json")
     body = await request.body()
     try:
@@ -124,5 +129,13 @@ async def parse_json(request: Request, adapter: TypeAdapter[Any]) -> Any:
         errors = exc.errors(include_input=False, include_url=False)
         if any(e.get("type") == "json_invalid" for e in errors):
             raise ApiError(400, "request body is not valid JSON") from None
-        where = ".".join(str(p) for p in errors[0].get("loc", ())) or "body"
-        raise ApiError(422, f"{where}: {errors[0].get('msg', 'invalid')}") from None
+        raise ApiError(422, describe_errors(errors)) from None
+
+
+def describe_errors(errors: Sequence[Any]) -> str:
+    """A short message from pydantic errors: where and what, never the input itself."""
+    parts = []
+    for error in list(errors)[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"

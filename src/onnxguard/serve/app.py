@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
@@ -37,7 +37,15 @@ from onnxguard import __version__
 from onnxguard.errors import AuditLogError
 from onnxguard.serve._authfail import AuthFailures
 from onnxguard.serve._guard import Guard
-from onnxguard.serve._http import ApiError, ServeState, context_of, error_response, json_response
+from onnxguard.serve._http import (
+    ApiError,
+    ServeState,
+    context_of,
+    describe_errors,
+    error_response,
+    json_response,
+    parse_json,
+)
 from onnxguard.serve._shared import AuditSink, Limiter, SharedState
 from onnxguard.serve.admin import add_repository_routes
 from onnxguard.serve.audit import AuditLog
@@ -377,7 +385,7 @@ def _add_v1_routes(
         openapi_extra=_TEXTS_BODY,
     )
     async def classify(request: Request) -> Response:
-        body = await _read_texts(request)
+        body = await parse_json(request, _TEXTS_ADAPTER)
         texts = body.texts
         service = models.lease(context_of(request.scope), body.model)
         engine = service.engine
@@ -404,7 +412,7 @@ def _add_v1_routes(
         openapi_extra=_TEXTS_BODY,
     )
     async def embed(request: Request) -> Response:
-        body = await _read_texts(request)
+        body = await parse_json(request, _TEXTS_ADAPTER)
         texts = body.texts
         service = models.lease(context_of(request.scope), body.model)
         engine = service.engine
@@ -450,33 +458,6 @@ _TEXTS_BODY: dict[str, Any] = {
 }
 
 
-async def _read_texts(request: Request) -> TextsRequest:
-    """The ``texts`` of a JSON body: 415 unless JSON, 400 if malformed, 422 if off-schema."""
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        raise ApiError(415, "Content-Type must be application/json")
-    body = await request.body()
-    try:
-        parsed = _TEXTS_ADAPTER.validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False)
-        if any(e.get("type") == "json_invalid" for e in errors):
-            raise ApiError(400, "request body is not valid JSON") from None
-        raise ApiError(422, _describe(errors)) from None
-    return parsed
-
-
-def _describe(errors: Sequence[Any]) -> str:
-    """A short message from pydantic errors: where and what, never the input itself."""
-    parts = []
-    for error in list(errors)[:3]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -490,7 +471,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "request body is not valid JSON")
-        return error_response(422, _describe(errors))
+        return error_response(422, describe_errors(errors))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
