@@ -112,12 +112,11 @@ class ModelSet:
             else:
                 raise ApiError(404, f"unknown model {shown(name)} version {shown(version, 16)}")
             service = versions[number]
-            service.acquire()
+            if ctx is not None:  # without a context no guard would release it: nothing held
+                service.acquire()
         if ctx is not None:
             ctx.leases.append(service)
             ctx.model, ctx.version = name, str(number)
-        else:  # no guard to release it (a direct call): nothing to hold
-            service.release()
         return service
 
     def _unnamed(self) -> str:
